@@ -1,0 +1,63 @@
+# ext-authz: the two commands of the README are `make run` and `make test`.
+# Everything the tests need is installed here, into the project: Python packages into
+# .venv, the IdP's npm packages into tests/idp/node_modules, and (when missing and
+# running as root) the Debian packages for the browser test and the benchmarks.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+APT_PACKAGES := chromium chromium-driver wrk
+PYTEST_ARGS ?=
+
+.PHONY: all deps venv npm apt run test unit lint typecheck protos bench clean
+
+all: test
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev]'
+	touch $@
+
+npm: tests/idp/node_modules/.package-lock.json
+tests/idp/node_modules/.package-lock.json: tests/idp/package.json tests/idp/package-lock.json
+	cd tests/idp && npm ci --no-audit --no-fund --loglevel=error
+
+# Debian packages: only when missing, and only as root (CI and these machines run as root).
+apt:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages (run as root to install):$$missing"; fi; \
+	fi
+
+deps: venv npm apt
+
+run: venv npm
+	$(PY) -m tests.stack
+
+test: deps lint typecheck
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+lint: venv
+	$(VENV)/bin/ruff check ext_authz tests scripts
+
+typecheck: venv
+	$(VENV)/bin/mypy ext_authz
+
+protos: venv
+	$(PY) scripts/gen_protos.py
+
+bench: deps
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) tests/idp/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,34 @@
+"""The exceptions of ext-authz.
+
+    ExtAuthzError
+     +-- ConfigError          the configuration is wrong; carries one message per key path
+     +-- StoreUnavailable     the session/cache store did not answer (down, timeout)
+     +-- IdPUnavailable       the IdP did not answer usefully (timeout, refused, 5xx, bad JSON)
+
+Adapters wrap their libraries' errors into these, so the service maps faults to the
+documented answers (SPEC §8: 503 with Retry-After, never an allow) in one place.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "ExtAuthzError", "IdPUnavailable", "StoreUnavailable"]
+
+
+class ExtAuthzError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(ExtAuthzError):
+    """The configuration cannot be used. `errors` holds lines like `store.url: ...`."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+class StoreUnavailable(ExtAuthzError):
+    """The store could not be reached or timed out."""
+
+
+class IdPUnavailable(ExtAuthzError):
+    """The identity provider could not be reached, timed out, or answered 5xx."""
