@@ -1,0 +1,232 @@
+"""The test OIDC provider: launches tests/idp/idp.mjs (Node, npm `oidc-provider`).
+
+It behaves like an authentik OAuth2/proxy provider: authorization code + PKCE with a
+login form that checks the user's password, introspection, userinfo, RP-initiated
+logout, authentik's `client_credentials` grant with username + app password, the
+password grant, and claims shaped like authentik's (groups, entitlements,
+`ak_proxy.user_attributes`).  Test-only routes under `/_test/` count requests per
+endpoint and mint access tokens.  State lives in the Node process's memory: a restart
+forgets every token and generates a new signing key.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from tests.stack.proc import ROOT, ManagedProcess, free_port, wait_until
+
+IDP_DIR = ROOT / "tests" / "idp"
+IDP_SCRIPT = IDP_DIR / "idp.mjs"
+READY_MARK = "IDP READY "
+
+
+@dataclass(frozen=True)
+class IdPClient:
+    """One OIDC client (an application) registered at the IdP."""
+
+    client_id: str
+    client_secret: str
+    redirect_uris: list[str]
+    post_logout_redirect_uris: list[str] = field(default_factory=list)
+    token_endpoint_auth_method: str = "client_secret_post"  # or client_secret_basic
+    id_token_signed_response_alg: str = "RS256"  # or HS256 (signed with client_secret)
+
+
+@dataclass(frozen=True)
+class IdPUser:
+    """One user; `password` is for the login form and the password grant, `app_passwords`
+    (plain text) for the client_credentials grant."""
+
+    username: str
+    password: str
+    email: str
+    name: str
+    groups: list[str] = field(default_factory=list)
+    attributes: dict[str, Any] = field(default_factory=dict)
+    app_passwords: list[str] = field(default_factory=list)
+    entitlements: list[str] = field(default_factory=list)
+
+
+class IdPError(RuntimeError):
+    """The IdP could not be started or answered a test route with an error."""
+
+
+class IdP:
+    """The Node IdP on 127.0.0.1:`port`; issuer `http://127.0.0.1:<port>`."""
+
+    def __init__(
+        self,
+        *,
+        clients: list[IdPClient],
+        users: list[IdPUser],
+        groups: dict[str, dict[str, Any]],
+        workdir: Path,
+        port: int | None = None,
+        access_token_ttl: int = 300,
+        id_token_ttl: int = 3600,
+        name: str = "idp",
+    ) -> None:
+        self.clients = list(clients)
+        self.users = list(users)
+        self.groups = dict(groups)
+        self.workdir = Path(workdir)
+        self.port = port if port is not None else free_port()
+        self.access_token_ttl = access_token_ttl
+        self.id_token_ttl = id_token_ttl
+        self.name = name
+        self.config_path = self.workdir / f"{name}-{self.port}.json"
+        self.process = ManagedProcess(
+            name,
+            ["node", str(IDP_SCRIPT), str(self.config_path)],
+            self.workdir / f"{name}-{self.port}.log",
+        )
+
+    # -- addresses ---------------------------------------------------------------------
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def discovery_url(self) -> str:
+        return f"{self.issuer}/.well-known/openid-configuration"
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.issuer}/token"
+
+    @property
+    def introspection_endpoint(self) -> str:
+        return f"{self.issuer}/token/introspection"
+
+    @property
+    def userinfo_endpoint(self) -> str:
+        return f"{self.issuer}/me"
+
+    @property
+    def jwks_uri(self) -> str:
+        return f"{self.issuer}/jwks"
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """The JSON document idp.mjs reads (see tests/idp/README.md)."""
+        return {
+            "port": self.port,
+            "issuer": self.issuer,
+            "access_token_ttl": self.access_token_ttl,
+            "id_token_ttl": self.id_token_ttl,
+            "clients": [asdict(c) for c in self.clients],
+            "groups": {g: {"attributes": attrs} for g, attrs in self.groups.items()},
+            "users": [asdict(u) for u in self.users],
+        }
+
+    def start(self, timeout: float = 20.0) -> IdP:
+        if shutil.which("node") is None:
+            raise IdPError("`node` is not on PATH; the test IdP needs Node.js 20+")
+        if not (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
+            raise IdPError(
+                f"{IDP_DIR / 'node_modules'} is missing: run `npm ci --prefix tests/idp` "
+                "(the Makefile does this)"
+            )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.config(), indent=2), "utf-8")
+        # The log is appended to across restarts: only look for READY after this start.
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.process.start()
+        try:
+            wait_until(
+                lambda: self._ready_line_seen(offset),
+                timeout,
+                f"'{READY_MARK.strip()}' from {self.name}",
+                process=self.process,
+            )
+            wait_until(self._discovery_ok, timeout, f"{self.discovery_url}", process=self.process)
+        except BaseException as exc:
+            tail = self.process.tail(40)
+            self.process.stop()
+            raise IdPError(
+                f"the IdP did not start: {exc}\n--- {self.log_path} ---\n{tail}"
+            ) from exc
+        return self
+
+    def stop(self) -> int | None:
+        return self.process.stop()
+
+    def kill(self) -> int | None:
+        """SIGKILL (for "IdP unreachable" tests)."""
+        return self.process.kill()
+
+    def restart(self) -> IdP:
+        """Same port and issuer; a new signing key, and every issued token forgotten."""
+        self.stop()
+        return self.start()
+
+    def alive(self) -> bool:
+        return self.process.alive()
+
+    def _ready_line_seen(self, offset: int) -> bool:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return READY_MARK.encode() in f.read()
+
+    def _discovery_ok(self) -> bool:
+        r = httpx.get(self.discovery_url, timeout=2.0)
+        return r.status_code == 200 and r.json().get("issuer") == self.issuer
+
+    def __enter__(self) -> IdP:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- test routes -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Requests per endpoint since start or the last reset: discovery, jwks, token,
+        introspection, userinfo, authorization, end_session, interaction, revocation,
+        plus `token:<grant_type>` per grant type seen."""
+        r = httpx.get(f"{self.issuer}/_test/stats", timeout=5.0)
+        r.raise_for_status()
+        return {str(k): int(v) for k, v in r.json().items()}
+
+    def reset_stats(self) -> None:
+        httpx.post(f"{self.issuer}/_test/reset", timeout=5.0).raise_for_status()
+
+    def mint_access_token(
+        self,
+        client_id: str,
+        username: str,
+        fmt: str = "opaque",
+        scope: str = "openid profile email ak_proxy",
+    ) -> str:
+        """An access token for `username` issued to `client_id`.
+
+        `opaque`: a real oidc-provider AccessToken (introspection: active with the
+        identity claims; userinfo works).  `jwt`: RS256, `iss`, `aud`=client_id, `sub`,
+        `exp` (access_token_ttl), `scope` and the identity claims; introspectable too.
+        """
+        r = httpx.post(
+            f"{self.issuer}/_test/mint",
+            json={"client_id": client_id, "username": username, "format": fmt, "scope": scope},
+            timeout=5.0,
+        )
+        if r.status_code != 200:
+            raise IdPError(f"mint failed: HTTP {r.status_code} {r.text}")
+        return str(r.json()["access_token"])
