@@ -1,0 +1,112 @@
+"""The command line (SPEC §2): `serve`, `check-config` and `hash-password`.
+
+Owns argument parsing and exit codes: 0 on success, 2 for a bad configuration or bad
+input. A configuration problem is printed as `config error:` and one `key.path: message`
+line per problem, never a traceback, and nothing printed ever holds a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+
+import yaml
+from argon2 import PasswordHasher
+
+from ext_authz.config import Settings, load_settings, redacted
+from ext_authz.errors import ConfigError
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return the process exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help and on usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    command = args.command
+    if command == "check-config":
+        return _check_config(args.config)
+    if command == "hash-password":
+        return _hash_password()
+    return _serve(args.config)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ext-authz",
+        description="Envoy external authorization with authentik-style header authentication.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the gRPC service and the HTTP port")
+    serve.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config")
+    check = commands.add_parser(
+        "check-config", help="validate a config and print it with secrets redacted"
+    )
+    check.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config")
+    commands.add_parser("hash-password", help="read a password on stdin, print its argon2id hash")
+    return parser
+
+
+def _load(path: str) -> Settings | None:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        lines = exc.errors
+    except Exception as exc:  # the promise: no traceback, exit 2
+        # The message is left out: it is not ours and could quote a secret.
+        lines = [f"{path}: unexpected {type(exc).__name__} while loading (a bug; please report)"]
+    print("config error:", file=sys.stderr)
+    for line in lines:
+        print(line, file=sys.stderr)
+    return None
+
+
+def _check_config(path: str) -> int:
+    settings = _load(path)
+    if settings is None:
+        return EXIT_USAGE
+    sys.stdout.write(
+        yaml.safe_dump(redacted(settings), sort_keys=False, allow_unicode=True, width=100)
+    )
+    return EXIT_OK
+
+
+def _hash_password() -> int:
+    stdin = sys.stdin
+    if stdin is None:
+        print("hash-password: no standard input", file=sys.stderr)
+        return EXIT_USAGE
+    if stdin.isatty():
+        password = getpass.getpass("Password: ")
+    else:
+        raw = stdin.buffer.readline()
+        try:
+            password = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            print("hash-password: the password is not UTF-8", file=sys.stderr)
+            return EXIT_USAGE
+        password = password.removesuffix("\n").removesuffix("\r")
+    if not password:
+        print("hash-password: refusing an empty password", file=sys.stderr)
+        return EXIT_USAGE
+    print(PasswordHasher().hash(password))
+    return EXIT_OK
+
+
+def _serve(path: str) -> int:
+    settings = _load(path)
+    if settings is None:
+        return EXIT_USAGE
+    # Imported late: check-config and hash-password need none of the server's imports.
+    from ext_authz.server import serve  # type: ignore[import-not-found, unused-ignore]
+
+    result = serve(settings)
+    return result if isinstance(result, int) else EXIT_OK

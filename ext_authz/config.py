@@ -1,0 +1,1023 @@
+"""The configuration: one typed, validated, frozen settings tree (SPEC §3).
+
+Owns everything between the YAML file and `Settings`: reading the file, `${VAR}` and
+`${VAR:-default}` substitution (per string value, so an error can name the key),
+`<name>_file` secrets, durations, the context-dependent verifier defaults, every
+cross-field rule, and turning pydantic's errors into one line per problem,
+`applications[0].oidc.issuer: message`. Anything that can be wrong is wrong here, at
+start-up, so the per-request path never meets a bad setting.
+
+Also owns `redacted()`, the effective configuration with every secret replaced, which
+is what `ext-authz check-config` prints.
+
+    load_settings(path, environ) -> Settings      raises ConfigError(errors: list[str])
+    parse_settings(mapping, environ) -> Settings  raises ConfigError
+    redacted(settings) -> dict                    plain data, secrets "**redacted**"
+    parse_store_url(url) -> StoreURL              the store URL's parts, for the store adapter
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import yaml
+from argon2 import Type as Argon2Type
+from argon2 import extract_parameters
+from argon2.exceptions import InvalidHashError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from ext_authz.durations import parse_duration
+from ext_authz.errors import ConfigError
+
+__all__ = [
+    "REDACTED",
+    "Application",
+    "BasicReceive",
+    "BearerReceive",
+    "Directory",
+    "DirectoryGroup",
+    "DirectoryUser",
+    "OIDCSettings",
+    "ReceiveSettings",
+    "SendBasic",
+    "SendSettings",
+    "ServerSettings",
+    "Settings",
+    "StoreSettings",
+    "StoreURL",
+    "load_settings",
+    "parse_duration",
+    "parse_settings",
+    "parse_store_url",
+    "redact_store_url",
+    "redacted",
+]
+
+REDACTED = "**redacted**"
+CALLBACK_PATH = "/outpost.goauthentik.io/callback"
+MIN_SECRET_BYTES = 32
+
+# hide_input_in_errors: a ValidationError printed by a caller who built a model by hand
+# must not carry a secret along in its `input_value=`.
+_MODEL_CONFIG = ConfigDict(
+    extra="forbid", frozen=True, coerce_numbers_to_str=True, hide_input_in_errors=True
+)
+
+Loc = tuple[str | int, ...]
+
+# ---------------------------------------------------------------------------------------
+# Errors raised from validators. A model-level validator can only raise one error, and
+# pydantic pins it to the model's own location; the "ext_authz" error type carries a
+# list of (relative location, message) so the formatter can name the exact key, and
+# several cross-field problems are reported in one run.
+
+
+def _problems(*problems: tuple[Loc, str]) -> PydanticCustomError:
+    text = "; ".join(msg for _, msg in problems)
+    return PydanticCustomError("ext_authz", "{text}", {"text": text, "problems": list(problems)})
+
+
+def _duration(value: object) -> float:
+    return parse_duration(value)
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds == 0:
+        raise ValueError("must be greater than 0")
+    return seconds
+
+
+# A number of seconds, or "300ms", "5s", "10m", "24h" (see durations.py).
+Duration = Annotated[float, BeforeValidator(_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(_positive_duration)]
+
+
+def _empty_sections(data: Any, *keys: str) -> Any:
+    """A YAML section with every line commented out (`server:`) is None: treat it as {}."""
+    if not isinstance(data, Mapping) or not any(k in data and data[k] is None for k in keys):
+        return data
+    return {k: ({} if k in keys and v is None else v) for k, v in data.items()}
+
+
+def _secret_from_file(data: Any, name: str) -> Any:
+    """Replace `<name>_file: PATH` by `<name>: <the file's content>`."""
+    key = f"{name}_file"
+    if not isinstance(data, Mapping) or key not in data:
+        return data
+    values = dict(data)
+    path = values.pop(key)
+    if values.get(name) is not None:
+        raise _problems(((key,), f"give either {name} or {key}, not both"))
+    if not isinstance(path, str) or not path:
+        raise _problems(((key,), "must be the path of a file holding the secret"))
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _problems(((key,), f"cannot read {path}: {exc.strerror or exc}")) from None
+    except UnicodeDecodeError:
+        raise _problems(((key,), f"{path} is not UTF-8 text")) from None
+    values[name] = text.rstrip("\r\n")
+    return values
+
+
+# ---------------------------------------------------------------------------------------
+# Addresses and URLs
+
+_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?", re.IGNORECASE)
+_IPV6 = re.compile(r"\[[0-9a-f:.]+\]", re.IGNORECASE)
+
+
+def _check_listen(value: str) -> str:
+    if value.startswith(("unix:", "unix-abstract:")):
+        if value.partition(":")[2]:
+            return value
+        raise ValueError("a unix: address needs a path")
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if host and not (_HOST_NAME.fullmatch(host) or _IPV6.fullmatch(host)):
+        raise ValueError(f"invalid host in {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """The parts of `store.url`. `kind` picks the store; `hosts` are (host, port) pairs."""
+
+    kind: Literal["memory", "redis", "sentinel", "cluster"]
+    tls: bool = False
+    hosts: tuple[tuple[str, int], ...] = ()
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    db: int = 0
+    master_name: str = ""
+    # Extra redis-py options from the query string (e.g. ssl_cert_reqs), as given.
+    options: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+
+_STORE_SCHEMES = "memory://, redis://, rediss://, redis+sentinel:// or redis+cluster://"
+
+
+def _parse_host_port(text: str, default_port: int) -> tuple[str, int]:
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError("unclosed [ in a host")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError("a host must be HOST[:PORT]")
+        port_text = rest[1:]
+    else:
+        host, _, port_text = text.partition(":")
+        if not _HOST_NAME.fullmatch(host):
+            raise ValueError("a host must be HOST[:PORT]")
+    if not host:
+        raise ValueError("a host name is missing")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        raise ValueError("a port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def parse_store_url(url: str) -> StoreURL:
+    """Split a store URL into its parts; ValueError (never echoing a password) if malformed.
+
+    memory://                                         the embedded, single-process store
+    redis://[[user]:password@]host[:port][/db]        (rediss:// for TLS)
+    redis+sentinel://[[user]:password@]host:port,host:port/MASTER_NAME[/db]
+    redis+cluster://[[user]:password@]host:port,host:port
+    """
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in {"memory", "redis", "rediss", "redis+sentinel", "redis+cluster"}:
+        raise ValueError(f"unsupported store URL; expected {_STORE_SCHEMES}")
+    if scheme == "memory":
+        if rest:
+            raise ValueError("memory:// takes nothing after the scheme")
+        return StoreURL(kind="memory")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    username: str | None = None
+    password: str | None = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        if colon:
+            username, password = (unquote(user) or None), unquote(secret)
+        else:
+            username = unquote(user) or None
+    options = tuple(parse_qsl(query, keep_blank_values=True))
+    if not hostlist:
+        raise ValueError(f"{scheme}:// needs a host")
+    default_port = 26379 if scheme == "redis+sentinel" else 6379
+    hosts = tuple(_parse_host_port(h, default_port) for h in hostlist.split(","))
+    if scheme in {"redis", "rediss"}:
+        if len(hosts) != 1:
+            raise ValueError(f"{scheme}:// takes one host (use redis+cluster:// for several)")
+        if path and not path.isdigit():
+            raise ValueError(f"{scheme}://host:port/DB: the database must be a number")
+        return StoreURL(
+            kind="redis",
+            tls=scheme == "rediss",
+            hosts=hosts,
+            username=username,
+            password=password,
+            db=int(path or 0),
+            options=options,
+        )
+    if scheme == "redis+sentinel":
+        master, _, db = path.partition("/")
+        if not master:
+            raise ValueError("redis+sentinel://host:port,.../MASTER_NAME/db needs a master name")
+        if db and not db.isdigit():
+            raise ValueError("redis+sentinel://.../MASTER_NAME/DB: the database must be a number")
+        return StoreURL(
+            kind="sentinel",
+            hosts=hosts,
+            username=username,
+            password=password,
+            db=int(db or 0),
+            master_name=master,
+            options=options,
+        )
+    if path not in {"", "0"}:
+        raise ValueError("redis+cluster:// has no databases besides 0")
+    return StoreURL(
+        kind="cluster", hosts=hosts, username=username, password=password, options=options
+    )
+
+
+def redact_store_url(url: str) -> str:
+    """`url` with its password (userinfo and `?password=`) replaced by **redacted**."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return REDACTED if "@" in url else url
+    at = rest.rfind("@")
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        # "redis://word@host": redis-py calls it a username, people often mean a password.
+        rest = (f"{user}:{REDACTED}" if colon else REDACTED) + rest[at:]
+    rest = re.sub(r"([?&]password=)[^&]*", lambda m: m.group(1) + REDACTED, rest)
+    return f"{scheme}://{rest}"
+
+
+def _check_http_url(value: str, *, allow_path: bool) -> str:
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc})") from None
+    if parts.scheme not in {"http", "https"}:
+        raise ValueError("must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError("needs a host name")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain user:password@")
+    if port == 0:
+        raise ValueError("has an invalid port")
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise ValueError("must not have a query or fragment")
+    if not allow_path and parts.path not in {"", "/"}:
+        raise ValueError("must be scheme://host[:port], without a path")
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# The settings tree
+
+
+class ServerSettings(BaseModel):
+    """How the process listens, drains and logs."""
+
+    model_config = _MODEL_CONFIG
+
+    listen: str = "127.0.0.1:9191"
+    http_listen: str = "127.0.0.1:9300"  # "" turns the HTTP port off
+    workers: int = Field(default=1, ge=1)
+    grace_period: PositiveDuration = 10.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+    @field_validator("http_listen")
+    @classmethod
+    def _http_listen(cls, value: str) -> str:
+        return value if value == "" else _check_listen(value)
+
+
+class StoreSettings(BaseModel):
+    """Where sessions, credential caches and login states live."""
+
+    model_config = _MODEL_CONFIG
+
+    url: str = "memory://"
+    key_prefix: str = "ext-authz:"
+    timeout: PositiveDuration = 0.5
+    local_cache_ttl: Duration = 2.0  # 0 turns the in-process cache off
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parse_store_url(value)
+        return value
+
+    @property
+    def parsed_url(self) -> StoreURL:
+        return parse_store_url(self.url)
+
+
+def _check_argon2id(hashes: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+    bad: list[tuple[Loc, str]] = []
+    for i, item in enumerate(hashes):
+        text = item.get_secret_value()
+        try:
+            ok = text.startswith("$argon2id$") and extract_parameters(text).type is Argon2Type.ID
+        except InvalidHashError:
+            ok = False
+        if not ok:
+            # Never echo the value: it may be a plain password pasted by mistake.
+            bad.append(((i,), "not an argon2id hash (make one with `ext-authz hash-password`)"))
+    if bad:
+        raise _problems(*bad)
+    return hashes
+
+
+class DirectoryGroup(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class DirectoryUser(BaseModel):
+    """A local identity: app passwords and static tokens are stored as argon2id hashes."""
+
+    model_config = _MODEL_CONFIG
+
+    username: str = Field(min_length=1)
+    email: str = ""
+    name: str = ""
+    groups: tuple[str, ...] = ()
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    app_passwords: tuple[SecretStr, ...] = ()
+    tokens: tuple[SecretStr, ...] = ()
+
+    @field_validator("app_passwords", "tokens")
+    @classmethod
+    def _hashes(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        return _check_argon2id(value)
+
+
+class Directory(BaseModel):
+    """Local users and groups, for applications (or verifiers) that need no IdP."""
+
+    model_config = _MODEL_CONFIG
+
+    groups: dict[str, DirectoryGroup] = Field(default_factory=dict)
+    users: tuple[DirectoryUser, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: Any) -> Any:
+        return _empty_sections(data, "groups")
+
+    @model_validator(mode="after")
+    def _references(self) -> Directory:
+        problems: list[tuple[Loc, str]] = []
+        seen: dict[str, int] = {}
+        for i, user in enumerate(self.users):
+            if user.username in seen:
+                problems.append(
+                    (
+                        ("users", i, "username"),
+                        f"duplicate username {user.username!r} (also users[{seen[user.username]}])",
+                    )
+                )
+            seen.setdefault(user.username, i)
+            for j, group in enumerate(user.groups):
+                if group not in self.groups:
+                    problems.append(
+                        (("users", i, "groups", j), f"group {group!r} is not defined in groups")
+                    )
+        if problems:
+            raise _problems(*problems)
+        return self
+
+
+class OIDCSettings(BaseModel):
+    """The application's OIDC client at the IdP."""
+
+    model_config = _MODEL_CONFIG
+
+    issuer: str
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr | None = None
+    client_auth: Literal["client_secret_post", "client_secret_basic"] = "client_secret_post"
+    scopes: tuple[str, ...] = ("openid", "profile", "email", "ak_proxy")
+    attributes_claim: str = "ak_proxy.user_attributes"
+    timeout: PositiveDuration = 3.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _files(cls, data: Any) -> Any:
+        return _secret_from_file(data, "client_secret")
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        # Kept exactly as given: it must equal the id_token's `iss`, trailing slash and all.
+        return _check_http_url(value, allow_path=True)
+
+    @field_validator("client_secret")
+    @classmethod
+    def _client_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("is empty (leave it out for a public client)")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "openid" not in value:
+            raise ValueError("must include openid (no id_token otherwise)")
+        return value
+
+
+class BasicReceive(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    enabled: bool = True
+    # The default with oidc; Application turns it into "directory" when there is no oidc.
+    verify: Literal["authentik", "password", "directory"] = "authentik"
+
+
+class BearerReceive(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    enabled: bool = True
+    # The default with oidc; Application turns it into "directory" when there is no oidc.
+    verify: Literal["auto", "jwt", "introspection", "directory"] = "auto"
+
+
+class ReceiveSettings(BaseModel):
+    """Receiving header authentication (SPEC §5)."""
+
+    model_config = _MODEL_CONFIG
+
+    basic: BasicReceive = Field(default_factory=BasicReceive)
+    bearer: BearerReceive = Field(default_factory=BearerReceive)
+    audiences: tuple[str, ...] = ()
+    cache_ttl: Duration = 60.0
+    negative_cache_ttl: Duration = 5.0
+    create_session: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: Any) -> Any:
+        return _empty_sections(data, "basic", "bearer")
+
+
+class SendBasic(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    enabled: bool = False
+    username_attribute: str = ""
+    password_attribute: str = ""
+
+
+class SendSettings(BaseModel):
+    """Sending identity upstream (SPEC §7)."""
+
+    model_config = _MODEL_CONFIG
+
+    basic: SendBasic = Field(default_factory=SendBasic)
+    identity_headers: bool = True
+    strip_session_cookie: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: Any) -> Any:
+        return _empty_sections(data, "basic")
+
+
+_APP_NAME = re.compile(r"[a-z0-9-]+")
+_NEEDS_OIDC = {"authentik", "password", "jwt", "introspection", "auto"}
+
+
+def _directory_by_default(section: Any, model: type[BaseModel]) -> Any:
+    """Give a receive.basic / receive.bearer section verify=directory unless it names one."""
+    if section is None:
+        return {"verify": "directory"}
+    if isinstance(section, Mapping):
+        return section if "verify" in section else {**section, "verify": "directory"}
+    if isinstance(section, model) and "verify" not in section.model_fields_set:
+        return section.model_copy(update={"verify": "directory"})
+    return section
+
+
+class Application(BaseModel):
+    """One protected site, matched by host; see SPEC §3 for each key."""
+
+    model_config = _MODEL_CONFIG
+
+    name: str
+    external_host: str
+    hosts: tuple[str, ...] = ()
+    cookie_domain: str = ""
+    oidc: OIDCSettings | None = None
+    skip_path_regex: tuple[str, ...] = ()
+    unauthenticated: Literal["redirect", "deny", "auto"] = "redirect"
+    session_lifetime: PositiveDuration = 86400.0
+    intercept_header_auth: bool = True
+    receive: ReceiveSettings = Field(default_factory=ReceiveSettings)
+    send: SendSettings = Field(default_factory=SendSettings)
+
+    # Derived once, so the request path never compiles or parses.
+    _skip_paths: tuple[re.Pattern[str], ...] = PrivateAttr(default=())
+    _host_name: str = PrivateAttr(default="")
+    _port: int = PrivateAttr(default=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _context_defaults(cls, data: Any) -> Any:
+        """Without oidc, both verifiers default to `directory` (SPEC §3)."""
+        data = _empty_sections(data, "receive", "send")
+        if not isinstance(data, Mapping) or data.get("oidc") is not None:
+            return data
+        values = dict(data)
+        receive = values.get("receive")
+        if receive is None:
+            values["receive"] = {
+                "basic": {"verify": "directory"},
+                "bearer": {"verify": "directory"},
+            }
+        elif isinstance(receive, Mapping):
+            values["receive"] = {
+                **receive,
+                "basic": _directory_by_default(receive.get("basic"), BasicReceive),
+                "bearer": _directory_by_default(receive.get("bearer"), BearerReceive),
+            }
+        elif isinstance(receive, ReceiveSettings):
+            values["receive"] = receive.model_copy(
+                update={
+                    "basic": _directory_by_default(receive.basic, BasicReceive),
+                    "bearer": _directory_by_default(receive.bearer, BearerReceive),
+                }
+            )
+        return values
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _APP_NAME.fullmatch(value):
+            raise ValueError("must match [a-z0-9-]+ (lower-case letters, digits and -)")
+        return value
+
+    @field_validator("external_host")
+    @classmethod
+    def _external_host(cls, value: str) -> str:
+        return _check_http_url(value, allow_path=False)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [
+            ((j,), f"{host!r} is not a bare host name (no scheme, port or path)")
+            for j, host in enumerate(value)
+            if not (_HOST_NAME.fullmatch(host) or _IPV6.fullmatch(host))
+        ]
+        if bad:
+            raise _problems(*bad)
+        return value
+
+    @field_validator("cookie_domain")
+    @classmethod
+    def _cookie_domain(cls, value: str) -> str:
+        if value and not _HOST_NAME.fullmatch(value.removeprefix(".")):
+            raise ValueError(f"{value!r} is not a domain name")
+        return value
+
+    @field_validator("skip_path_regex")
+    @classmethod
+    def _skip_path_regex(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad: list[tuple[Loc, str]] = []
+        for j, pattern in enumerate(value):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                bad.append(((j,), f"invalid regular expression: {exc}"))
+        if bad:
+            raise _problems(*bad)
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Application:
+        problems: list[tuple[Loc, str]] = []
+        basic, bearer = self.receive.basic, self.receive.bearer
+        if self.oidc is None:
+            for section, receiver in (("basic", basic), ("bearer", bearer)):
+                if receiver.enabled and receiver.verify in _NEEDS_OIDC:
+                    problems.append(
+                        (
+                            ("receive", section, "verify"),
+                            f"{receiver.verify!r} needs oidc, and this application has none "
+                            "(use verify: directory, or add oidc)",
+                        )
+                    )
+        elif self.oidc.client_secret is None:
+            if basic.enabled and basic.verify == "password":
+                problems.append(
+                    (
+                        ("oidc", "client_secret"),
+                        "required because receive.basic.verify is password "
+                        "(the password grant authenticates the client)",
+                    )
+                )
+            if bearer.enabled and bearer.verify in {"introspection", "auto"}:
+                why = (
+                    ""
+                    if bearer.verify == "introspection"
+                    else ", which auto uses for opaque tokens"
+                )
+                problems.append(
+                    (
+                        ("oidc", "client_secret"),
+                        f"required because receive.bearer.verify is {bearer.verify} "
+                        f"(the introspection endpoint authenticates the client{why})",
+                    )
+                )
+        if self.cookie_domain:
+            host = _host_of(self.external_host)
+            domain = self.cookie_domain.removeprefix(".").lower()
+            if host != domain and not host.endswith("." + domain):
+                problems.append(
+                    (
+                        ("cookie_domain",),
+                        f"{self.cookie_domain!r} does not contain {host} "
+                        "(browsers would refuse the cookie)",
+                    )
+                )
+        if problems:
+            raise _problems(*problems)
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._skip_paths = tuple(re.compile(p) for p in self.skip_path_regex)
+        parts = urlsplit(self.external_host)
+        self._host_name = (parts.hostname or "").lower()
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def skip_paths(self) -> tuple[re.Pattern[str], ...]:
+        """skip_path_regex, compiled; `.search()` them in the path without its query."""
+        return self._skip_paths
+
+    @property
+    def host_name(self) -> str:
+        """external_host's host, lower-cased (no port, IPv6 without brackets)."""
+        return self._host_name
+
+    @property
+    def port(self) -> int:
+        """external_host's port, or 443/80 by scheme."""
+        return self._port
+
+    @property
+    def secure(self) -> bool:
+        """external_host is https: the cookie gets the Secure flag."""
+        return self.external_host.lower().startswith("https:")
+
+    @property
+    def all_host_names(self) -> frozenset[str]:
+        """Every request host name (lower-case, no port) this application answers."""
+        extra = (h.lower().removeprefix("[").removesuffix("]") for h in self.hosts)
+        return frozenset({self._host_name, *extra})
+
+    @property
+    def redirect_uri(self) -> str:
+        return self.external_host.rstrip("/") + CALLBACK_PATH
+
+    @property
+    def cookie_name(self) -> str:
+        """authentik's session cookie name: authentik_proxy_ + sha256(client_id)[:8]."""
+        basis = self.oidc.client_id if self.oidc is not None else self.name
+        return "authentik_proxy_" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:8]
+
+    @property
+    def provider_name(self) -> str:
+        """X-authentik-meta-provider: the client_id, or `directory` without oidc."""
+        return self.oidc.client_id if self.oidc is not None else "directory"
+
+
+def _host_of(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+class Settings(BaseModel):
+    """The whole configuration. Only `secret` and `applications` are required."""
+
+    model_config = _MODEL_CONFIG
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    secret: SecretStr
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    directory: Directory | None = None
+    applications: tuple[Application, ...]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _files(cls, data: Any) -> Any:
+        return _secret_from_file(_empty_sections(data, "server", "store"), "secret")
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: SecretStr) -> SecretStr:
+        size = len(value.get_secret_value().encode("utf-8"))
+        if size < MIN_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes long (got {size})")
+        return value
+
+    @field_validator("applications")
+    @classmethod
+    def _applications(cls, value: tuple[Application, ...]) -> tuple[Application, ...]:
+        if not value:
+            raise ValueError("at least one application is required")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        problems: list[tuple[Loc, str]] = []
+        if self.server.workers > 1 and self.store.url.lower().startswith("memory:"):
+            problems.append(
+                (
+                    ("server", "workers"),
+                    "workers > 1 needs a shared store: memory:// lives in one process "
+                    "(set store.url to a Redis URL)",
+                )
+            )
+        names: dict[str, int] = {}
+        routes: dict[tuple[str, int], int] = {}
+        for i, app in enumerate(self.applications):
+            if app.name in names:
+                problems.append(
+                    (
+                        ("applications", i, "name"),
+                        f"duplicate application name {app.name!r} "
+                        f"(also applications[{names[app.name]}])",
+                    )
+                )
+            names.setdefault(app.name, i)
+            for host in sorted(app.all_host_names):
+                other = routes.setdefault((host, app.port), i)
+                if other != i:
+                    key = "external_host" if host == app.host_name else "hosts"
+                    problems.append(
+                        (
+                            ("applications", i, key),
+                            f"host {host} port {app.port} is already served "
+                            f"by applications[{other}]",
+                        )
+                    )
+            if self.directory is None:
+                for section in ("basic", "bearer"):
+                    receiver = getattr(app.receive, section)
+                    if receiver.enabled and receiver.verify == "directory":
+                        problems.append(
+                            (
+                                ("applications", i, "receive", section, "verify"),
+                                "'directory' needs a top-level directory section, and there is "
+                                "none (add one, or disable this receiver)",
+                            )
+                        )
+        if problems:
+            raise _problems(*problems)
+        return self
+
+
+# ---------------------------------------------------------------------------------------
+# Environment substitution, done per string value so the error names the key.
+
+_REFERENCE = re.compile(
+    r"\$\$\{"  # $${ : a literal ${
+    r"|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}"
+    r"|\$\{"  # anything else that opens ${ is a mistake
+)
+
+
+def _substitute_text(text: str, environ: Mapping[str, str], loc: Loc, errors: list[str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        whole, name, default = match.group(0), match.group("name"), match.group("default")
+        if whole == "$${":
+            return "${"
+        if name is None:
+            errors.append(
+                f"{format_loc(loc)}: invalid ${{...}} reference (write $${{ for a literal ${{)"
+            )
+            return whole
+        value = environ.get(name)
+        if default is not None and not value:
+            return default
+        if value is None:
+            errors.append(f"{format_loc(loc)}: environment variable {name} is not set")
+            return ""
+        return value
+
+    return _REFERENCE.sub(replace, text)
+
+
+def substitute_env(data: Any, environ: Mapping[str, str], loc: Loc, errors: list[str]) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string value (not in keys)."""
+    if isinstance(data, str):
+        return _substitute_text(data, environ, loc, errors)
+    if isinstance(data, Mapping):
+        return {k: substitute_env(v, environ, (*loc, k), errors) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [substitute_env(v, environ, (*loc, i), errors) for i, v in enumerate(data)]
+    return data
+
+
+# ---------------------------------------------------------------------------------------
+# Errors: one line per problem, `applications[0].oidc.issuer: message`.
+
+
+def format_loc(loc: Iterable[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+_PLAIN_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "missing": "required key is missing",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+}
+
+
+def _error_lines(exc: ValidationError) -> list[str]:
+    lines: list[str] = []
+    for error in exc.errors(include_url=False):
+        loc: Loc = tuple(error["loc"])
+        ctx = error.get("ctx") or {}
+        if error["type"] == "ext_authz" and "problems" in ctx:
+            for sub, msg in ctx["problems"]:
+                lines.append(f"{format_loc((*loc, *sub))}: {msg}")
+            continue
+        msg = _PLAIN_MESSAGES.get(error["type"], error["msg"])
+        for prefix in ("Value error, ", "Assertion failed, "):
+            msg = msg.removeprefix(prefix)
+        lines.append(f"{format_loc(loc)}: {msg}")
+    return list(dict.fromkeys(lines))
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def parse_settings(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate already-parsed YAML; raise ConfigError with one line per problem."""
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"(top level): expected a mapping, got {type(data).__name__}"])
+    errors: list[str] = []
+    data = substitute_env(data, os.environ if environ is None else environ, (), errors)
+    if errors:
+        # Validating half-substituted values would only add confusing follow-on errors.
+        raise ConfigError(errors)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_error_lines(exc)) from None
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+            key = loader.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_where(exc: yaml.MarkedYAMLError) -> str:
+    """Position, problem and context of a YAML error; PyYAML's phrases quote no content."""
+    text = ""
+    if exc.problem_mark is not None:
+        text += f" at line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}"
+    if exc.problem:
+        text += f": {exc.problem}"
+    if exc.context:
+        text += f" ({exc.context}"
+        if exc.context_mark is not None:
+            mark = exc.context_mark
+            text += f" started at line {mark.line + 1}, column {mark.column + 1}"
+        text += ")"
+    return text
+
+
+def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, substitute and validate the YAML file at `path`; raise ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as exc:
+        # Only the position and the problem: the offending line may hold a secret.
+        raise ConfigError([f"{path}: YAML syntax error{_yaml_where(exc)}"]) from None
+    except yaml.YAMLError:
+        raise ConfigError([f"{path}: YAML syntax error"]) from None
+    if data is None:
+        raise ConfigError([f"{path}: the file is empty; expected a mapping"])
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            [f"{path}: expected a mapping at the top level, got {type(data).__name__}"]
+        )
+    return parse_settings(data, environ)
+
+
+# ---------------------------------------------------------------------------------------
+# The effective configuration, safe to print.
+
+# Attribute keys whose values are treated as secrets in printed output (the directory's
+# attributes may hold upstream passwords for send.basic).
+_SENSITIVE_ATTRIBUTE = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, every secret replaced by **redacted**."""
+    sensitive = {
+        app.send.basic.password_attribute
+        for app in settings.applications
+        if app.send.basic.password_attribute
+    }
+    data = settings.model_dump(mode="python")
+    data["store"]["url"] = redact_store_url(settings.store.url)
+    result = _scrub(data, sensitive, in_attributes=False)
+    assert isinstance(result, dict)
+    return result
+
+
+def _scrub(value: Any, sensitive: set[str], *, in_attributes: bool) -> Any:
+    if isinstance(value, SecretStr):
+        return REDACTED
+    if isinstance(value, Mapping):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if (
+                in_attributes
+                and isinstance(key, str)
+                and (key in sensitive or _SENSITIVE_ATTRIBUTE.search(key))
+            ):
+                out[key] = REDACTED
+            else:
+                out[key] = _scrub(
+                    item, sensitive, in_attributes=in_attributes or key == "attributes"
+                )
+        return out
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [_scrub(item, sensitive, in_attributes=in_attributes) for item in value]
+    return value
