@@ -1,0 +1,385 @@
+"""The demo and test world, described once: users, groups, the OIDC client, configs.
+
+`make run` (tests.stack.__main__) and the pytest fixtures (tests/conftest.py) both
+build their IdP and ext-authz configuration from here, so what the demo shows is
+what the tests check.
+
+- alice: in `admins` (attributes app_username=admin), own attributes app_password=s3cret,
+  IdP password ALICE.idp_password, app password "alice-app-password".
+- bob: in `devs`, no attributes, app password "bob-app-password", static bearer
+  token "bob-static-token" (directory only).
+- application `whoami` (http://whoami.localhost:<envoy port>): no OIDC; Basic and
+  Bearer verified against the directory; `^/public/` needs no authentication.
+- application `app` (http://app.localhost:<envoy port>), only with an IdP: OIDC client
+  `whoami-oidc` at the IdP (client_secret_post), browser sign-in, Basic verified
+  authentik-style (app passwords at the IdP), Bearer JWT/introspection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import httpx
+from argon2 import PasswordHasher
+
+from tests.stack.echo import EchoServer
+from tests.stack.envoy import Envoy
+from tests.stack.extauthz import ExtAuthz
+from tests.stack.idp import IdP, IdPClient, IdPUser
+from tests.stack.proc import free_port
+from tests.stack.redis import RedisServer
+
+# >= 32 bytes; test/demo only.
+SECRET = "demo-secret-not-for-production-0123456789abcdef"
+
+GROUPS: dict[str, dict[str, Any]] = {
+    "admins": {"app_username": "admin"},
+    "devs": {"team": "dev"},
+}
+
+
+@dataclass(frozen=True)
+class DemoUser:
+    username: str
+    email: str
+    name: str
+    idp_password: str  # the IdP's login form and password grant
+    app_password: str  # Basic: directory (whoami) and the IdP's app passwords (app)
+    groups: tuple[str, ...] = ()
+    attributes: dict[str, Any] = field(default_factory=dict)
+    tokens: tuple[str, ...] = ()  # static bearer tokens (directory)
+
+
+ALICE = DemoUser(
+    username="alice",
+    email="alice@example.com",
+    name="Alice Example",
+    idp_password="alice-idp-password",
+    app_password="alice-app-password",
+    groups=("admins",),
+    attributes={"app_password": "s3cret"},
+)
+BOB = DemoUser(
+    username="bob",
+    email="bob@example.com",
+    name="Bob Example",
+    idp_password="bob-idp-password",
+    app_password="bob-app-password",
+    groups=("devs",),
+    tokens=("bob-static-token",),
+)
+USERS: tuple[DemoUser, ...] = (ALICE, BOB)
+BOB_STATIC_TOKEN = "bob-static-token"
+
+OIDC_CLIENT_ID = "whoami-oidc"
+OIDC_CLIENT_SECRET = "whoami-oidc-client-secret-0123456789abcdef"  # >= 32 chars
+CALLBACK_PATH = "/outpost.goauthentik.io/callback"
+OTHER_CLIENT_ID = "other-oidc"
+OTHER_CLIENT_SECRET = "other-oidc-client-secret-0123456789abcdef"
+
+
+def host_url(app: str, envoy_port: int) -> str:
+    """The external_host of a demo application: http://<app>.localhost:<port>."""
+    return f"http://{app}.localhost:{envoy_port}"
+
+
+# -- the IdP ---------------------------------------------------------------------------
+
+
+def idp_clients(envoy_ports: Sequence[int]) -> list[IdPClient]:
+    """The OIDC client of application `app`, valid for every Envoy port given
+    (redirect URIs must match exactly, and each test stack has its own Envoy port)."""
+    return [
+        IdPClient(
+            client_id=OIDC_CLIENT_ID,
+            client_secret=OIDC_CLIENT_SECRET,
+            redirect_uris=[host_url("app", p) + CALLBACK_PATH for p in envoy_ports],
+            post_logout_redirect_uris=[host_url("app", p) for p in envoy_ports],
+            token_endpoint_auth_method="client_secret_post",
+        ),
+        # Another application's client: its tokens must not open `app` (audience).
+        IdPClient(
+            client_id=OTHER_CLIENT_ID,
+            client_secret=OTHER_CLIENT_SECRET,
+            redirect_uris=["http://other.localhost/outpost.goauthentik.io/callback"],
+        ),
+    ]
+
+
+def idp_users() -> list[IdPUser]:
+    return [
+        IdPUser(
+            username=u.username,
+            password=u.idp_password,
+            email=u.email,
+            name=u.name,
+            groups=list(u.groups),
+            attributes=dict(u.attributes),
+            app_passwords=[u.app_password],
+        )
+        for u in USERS
+    ]
+
+
+def build_idp(workdir: Path, envoy_ports: Sequence[int], port: int | None = None) -> IdP:
+    """The demo IdP (not started)."""
+    return IdP(
+        clients=idp_clients(envoy_ports),
+        users=idp_users(),
+        groups=GROUPS,
+        workdir=Path(workdir),
+        port=port,
+    )
+
+
+# -- the ext-authz config --------------------------------------------------------------
+
+
+@cache
+def _hash(secret: str) -> str:
+    # argon2id (PasswordHasher's default type); cached: hashing costs ~50 ms each.
+    return PasswordHasher().hash(secret)
+
+
+def directory() -> dict[str, Any]:
+    return {
+        "groups": {g: {"attributes": dict(attrs)} for g, attrs in GROUPS.items()},
+        "users": [
+            {
+                "username": u.username,
+                "email": u.email,
+                "name": u.name,
+                "groups": list(u.groups),
+                "attributes": dict(u.attributes),
+                "app_passwords": [_hash(u.app_password)],
+                "tokens": [_hash(t) for t in u.tokens],
+            }
+            for u in USERS
+        ],
+    }
+
+
+def whoami_app(envoy_port: int) -> dict[str, Any]:
+    return {
+        "name": "whoami",
+        "external_host": host_url("whoami", envoy_port),
+        "skip_path_regex": ["^/public/"],
+        "receive": {
+            "basic": {"enabled": True, "verify": "directory"},
+            "bearer": {"enabled": True, "verify": "directory"},
+        },
+    }
+
+
+def oidc_app(envoy_port: int, issuer: str) -> dict[str, Any]:
+    return {
+        "name": "app",
+        "external_host": host_url("app", envoy_port),
+        "oidc": {
+            "issuer": issuer,
+            "client_id": OIDC_CLIENT_ID,
+            "client_secret": OIDC_CLIENT_SECRET,
+            "client_auth": "client_secret_post",
+        },
+    }
+
+
+def ext_authz_config(
+    envoy_port: int,
+    store_url: str = "memory://",
+    idp: IdP | None = None,
+    *,
+    key_prefix: str = "ext-authz:",
+    log_level: str = "info",
+) -> dict[str, Any]:
+    """The ext-authz config dict (SPEC §3) of the demo world behind Envoy on `envoy_port`.
+
+    `server.listen`/`http_listen` are left out: tests.stack.extauthz.ExtAuthz fills them.
+    """
+    apps = [whoami_app(envoy_port)]
+    if idp is not None:
+        apps.append(oidc_app(envoy_port, idp.issuer))
+    return {
+        "server": {"grace_period": "2s", "log_level": log_level, "log_format": "json"},
+        "secret": SECRET,
+        "store": {"url": store_url, "key_prefix": key_prefix},
+        "directory": directory(),
+        "applications": apps,
+    }
+
+
+def merge_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` merged in (a new dict; neither argument changes).
+
+    Mappings merge recursively and other values replace, except `applications`: given
+    as a mapping {name: {...}} it merges into the application of that name (a new name
+    appends a new application); given as a list it replaces the list.  A value of None
+    deletes the key.
+    """
+    out = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            out.pop(key, None)
+        elif key == "applications" and isinstance(value, dict):
+            apps = [dict(a) for a in out.get("applications", [])]
+            for name, patch in value.items():
+                for i, app in enumerate(apps):
+                    if app.get("name") == name:
+                        apps[i] = merge_config(app, patch)
+                        break
+                else:
+                    apps.append(merge_config({"name": name}, patch))
+            out["applications"] = apps
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# -- the running world -----------------------------------------------------------------
+
+
+class LoopbackTransport(httpx.BaseTransport):
+    """Sends requests for `*.localhost` to 127.0.0.1, keeping the Host header.
+
+    The system resolver here does not map `whoami.localhost` to loopback (browsers and
+    curl do), and the cookie jar should see the real host names.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._inner = httpx.HTTPTransport(**kwargs)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if host == "localhost" or host.endswith(".localhost"):
+            request.url = request.url.copy_with(host="127.0.0.1")
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _fqdn(host: str) -> str:
+    """'whoami' -> 'whoami.localhost'; names with a dot (or 127.0.0.1) stay."""
+    host = host.split(":", 1)[0]
+    return host if "." in host or host == "localhost" else f"{host}.localhost"
+
+
+class Stack:
+    """ext-authz replica(s) behind one Envoy, routing to an echo upstream.
+
+    The echo server, the IdP and Redis are handed in (already started; the Stack
+    neither starts nor stops them).  `config` is the ext-authz config every replica
+    runs (before the launcher fills its ports).
+    """
+
+    def __init__(
+        self,
+        *,
+        workdir: Path,
+        echo: EchoServer,
+        envoy_port: int | None = None,
+        admin_port: int | None = None,
+        idp: IdP | None = None,
+        store_url: str = "memory://",
+        redis: RedisServer | None = None,
+        replicas: int = 1,
+        config_overrides: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        context_app: str = "whoami",
+        key_prefix: str = "ext-authz:",
+        env: dict[str, str] | None = None,
+        name: str = "stack",
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.name = name
+        self.echo = echo
+        self.idp = idp
+        self.redis = redis
+        self.port = envoy_port if envoy_port is not None else free_port()
+        config = ext_authz_config(self.port, store_url, idp, key_prefix=key_prefix)
+        if callable(config_overrides):
+            config = config_overrides(config)
+        elif config_overrides:
+            config = merge_config(config, config_overrides)
+        self.config: dict[str, Any] = config
+        self.replicas: list[ExtAuthz] = [
+            ExtAuthz(config, self.workdir, env=env, name=f"{name}-ext-authz-{i + 1}")
+            for i in range(replicas)
+        ]
+        self.envoy = Envoy(
+            listen_port=self.port,
+            admin_port=admin_port,
+            ext_authz_ports=[r.port for r in self.replicas],
+            echo_port=echo.port,
+            context_app=context_app,
+            workdir=self.workdir,
+            name=f"{name}-envoy",
+        )
+        self._client: httpx.Client | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> Stack:
+        try:
+            for replica in self.replicas:
+                replica.start(timeout)
+            self.envoy.start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self.envoy.stop()
+        for replica in self.replicas:
+            replica.stop()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- requests ----------------------------------------------------------------------
+
+    def url(self, host: str = "whoami", path: str = "/") -> str:
+        """http://<host>.localhost:<envoy port><path>; `host` "whoami" or a full name."""
+        return f"http://{_fqdn(host)}:{self.port}{path}"
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An httpx client that reaches *.localhost through Envoy (cookies kept;
+        redirects not followed unless asked)."""
+        kwargs.setdefault("timeout", 15.0)
+        kwargs.setdefault("follow_redirects", False)
+        return httpx.Client(transport=LoopbackTransport(), **kwargs)
+
+    def request(
+        self,
+        method: str,
+        host: str = "whoami",
+        path: str = "/",
+        headers: dict[str, str] | list[tuple[str, str]] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One request through Envoy with Host `<host>.localhost:<port>`; no cookie jar,
+        no redirects followed (pass cookies in `headers` or `cookies=`)."""
+        if self._client is None:
+            self._client = self.client()
+        try:
+            return self._client.request(method, self.url(host, path), headers=headers, **kwargs)
+        finally:
+            self._client.cookies.clear()
+
+    def get(self, host: str = "whoami", path: str = "/", **kwargs: Any) -> httpx.Response:
+        return self.request("GET", host, path, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Stack {self.name} envoy={self.envoy.url} replicas={len(self.replicas)}>"

@@ -1,0 +1,135 @@
+"""One ext-authz replica as a child process: `python -m ext_authz serve -c FILE`.
+
+The launcher writes the given config dict as YAML (filling `server.listen` and
+`server.http_listen` with free loopback ports unless given) and is ready when
+grpc.health.v1 says SERVING for envoy.service.auth.v3.Authorization.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.stack.allow_all import grpc_serving
+from tests.stack.proc import ManagedProcess, free_port
+
+AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+def _port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+class ExtAuthz:
+    """An ext-authz replica; `.config` is the dict actually written (ports filled)."""
+
+    _count = 0
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        workdir: Path,
+        port: int | None = None,
+        http_port: int | None = None,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        ExtAuthz._count += 1
+        self.name = name or f"ext-authz-{ExtAuthz._count}"
+        self.workdir = Path(workdir)
+        self.config: dict[str, Any] = copy.deepcopy(dict(config))
+        server = self.config.setdefault("server", {})
+        if port is not None or not server.get("listen"):
+            server["listen"] = f"127.0.0.1:{port if port is not None else free_port()}"
+        if http_port is not None or "http_listen" not in server:
+            server["http_listen"] = (
+                f"127.0.0.1:{http_port if http_port is not None else free_port()}"
+            )
+        self.port = _port_of(server["listen"])
+        self.http_port: int | None = (
+            _port_of(server["http_listen"]) if server["http_listen"] else None
+        )
+        self.config_path = self.workdir / f"{self.name}.yaml"
+        self.process = ManagedProcess(
+            self.name,
+            [sys.executable, "-m", "ext_authz", "serve", "-c", str(self.config_path)],
+            self.workdir / f"{self.name}.log",
+            env=env,
+        )
+
+    # -- addresses ---------------------------------------------------------------------
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str | None:
+        """http://127.0.0.1:P of /metrics, /healthz, /readyz; None when turned off."""
+        return f"http://127.0.0.1:{self.http_port}" if self.http_port else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        return self.config_path
+
+    def start(self, timeout: float = 20.0) -> ExtAuthz:
+        self.write_config()
+        self.process.start(
+            lambda: grpc_serving(self.grpc_address, AUTHORIZATION_SERVICE),
+            timeout,
+            f"{self.name} health SERVING on {self.grpc_address}",
+        )
+        return self
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (drain), then SIGKILL after `timeout` s. Returns the exit code."""
+        return self.process.stop(timeout)
+
+    def kill(self) -> int | None:
+        """SIGKILL: a crash, no draining."""
+        return self.process.kill()
+
+    def restart(self, timeout: float = 20.0) -> ExtAuthz:
+        self.stop()
+        return self.start(timeout)
+
+    def alive(self) -> bool:
+        return self.process.alive()
+
+    # -- logs --------------------------------------------------------------------------
+
+    def logs(self) -> str:
+        """Everything the process wrote (all starts)."""
+        return self.process.read_log()
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The JSON log lines, parsed (other lines skipped)."""
+        records: list[dict[str, Any]] = []
+        for line in self.logs().splitlines():
+            if line.startswith("{"):
+                try:
+                    value = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(value, dict):
+                    records.append(value)
+        return records
+
+    def __enter__(self) -> ExtAuthz:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

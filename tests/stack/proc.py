@@ -1,0 +1,275 @@
+"""Child processes of the test stack: ports, readiness, logs and clean shutdown.
+
+Every server of the test world (redis-server, Envoy, the echo upstream, the IdP,
+ext-authz replicas) is a `ManagedProcess`: its stdout and stderr go to one log file in
+a work directory, it is ready when a caller-given probe says so (never after a sleep),
+and it dies with a readable error that carries its log tail when it exits before
+that.  A module-level registry knows every live process, so the pytest hook in
+tests/conftest.py can print their log tails when a test fails, and an atexit hook
+stops whatever is still running when the interpreter leaves.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+# The repository root: child Python processes run from here so `-m tests.stack.x` and
+# `-m ext_authz` import the working tree.
+ROOT = Path(__file__).resolve().parents[2]
+
+_LIVE: dict[int, ManagedProcess] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+class ProcessDied(RuntimeError):
+    """A managed process exited (or never became ready); the message has its log tail."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def reserve_ports(n: int, low: int = 20000, high: int = 32000) -> list[int]:
+    """`n` distinct free ports below the kernel's ephemeral range.
+
+    For ports that must be known long before they are bound (the Envoy ports the IdP
+    lists in its redirect URIs at session start): ports from the ephemeral range could
+    meanwhile be taken by any outgoing connection, ports below it are not.
+    """
+    chosen: list[int] = []
+    rng = random.Random()
+    while len(chosen) < n:
+        port = rng.randrange(low, high)
+        if port in chosen:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+    return chosen
+
+
+def port_open(host: str, port: int) -> bool:
+    """True when a TCP connection to host:port is accepted right now."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    """Block until host:port accepts a TCP connection; TimeoutError after `timeout` s."""
+    wait_until(lambda: port_open(host, port), timeout, f"{host}:{port} to accept connections")
+
+
+def wait_until(
+    probe: Callable[[], bool],
+    timeout: float,
+    what: str,
+    process: ManagedProcess | None = None,
+    interval: float = 0.05,
+) -> None:
+    """Poll `probe` until it returns True.
+
+    Raises ProcessDied as soon as `process` (when given) has exited, and TimeoutError
+    (with the process's log tail) when the deadline passes.  Exceptions from the probe
+    count as "not yet".
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and not process.alive():
+            raise ProcessDied(
+                f"{process.name} exited with {process.returncode} while waiting for {what}\n"
+                f"--- {process.log_path} (last lines) ---\n{process.tail(60)}"
+            )
+        try:
+            if probe():
+                return
+        except Exception:  # a failing probe only means "not ready yet"
+            pass
+        if time.monotonic() >= deadline:
+            tail = ""
+            if process is not None:
+                tail = f"\n--- {process.log_path} (last lines) ---\n{process.tail(60)}"
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}{tail}")
+        time.sleep(interval)
+
+
+class ManagedProcess:
+    """One child process with its log file.
+
+    `start()` launches it and (when `ready` is given) waits for it; `stop()` sends
+    SIGTERM, waits, then SIGKILLs; the process may be started again after `stop()`
+    (the log file is appended to, with a marker line per start).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.log_path = Path(log_path)
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd if cwd is not None else ROOT
+        self._popen: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(
+        self, ready: Callable[[], bool] | None = None, timeout: float = 20.0, what: str = ""
+    ) -> ManagedProcess:
+        if self.alive():
+            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        if self.env:
+            env.update(self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(self.log_path, "ab") as log:
+            log.write(f"=== start {self.name}: {' '.join(self.argv)}\n".encode())
+            log.flush()
+            # A new session: Ctrl-C in the terminal of `make run` reaches only the
+            # orchestrator, which then stops the children in order; and a stop can
+            # reach the child's own children (ext-authz workers) through its group.
+            self._popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                env=env,
+                start_new_session=True,
+            )
+        self.returncode = None
+        with _LIVE_LOCK:
+            _LIVE[id(self)] = self
+        if ready is not None:
+            try:
+                wait_until(ready, timeout, what or f"{self.name} to be ready", process=self)
+            except BaseException:
+                self.stop()
+                raise
+        return self
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, wait up to `timeout` s, then SIGKILL. Returns the exit code."""
+        popen = self._popen
+        if popen is None:
+            return self.returncode
+        if popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                popen.send_signal(signal.SIGTERM)
+            try:
+                popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._kill_group(popen)
+                popen.wait()
+        self._finish(popen)
+        return self.returncode
+
+    def kill(self) -> int | None:
+        """SIGKILL the process and its group right away (a crash, for fault tests)."""
+        popen = self._popen
+        if popen is None:
+            return self.returncode
+        if popen.poll() is None:
+            self._kill_group(popen)
+            popen.wait()
+        self._finish(popen)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.send_signal(sig)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the process to exit by itself; returns its exit code."""
+        if self._popen is None:
+            raise RuntimeError(f"{self.name} was never started")
+        code = self._popen.wait(timeout)
+        self._finish(self._popen)
+        return code
+
+    def _finish(self, popen: subprocess.Popen[bytes]) -> None:
+        self.returncode = popen.returncode
+        # Stragglers in the group (workers of a supervisor that exited) go too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        with _LIVE_LOCK:
+            _LIVE.pop(id(self), None)
+
+    @staticmethod
+    def _kill_group(popen: subprocess.Popen[bytes]) -> None:
+        try:
+            os.killpg(popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                popen.kill()
+
+    # -- inspection --------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen is not None else None
+
+    def tail(self, n: int = 60) -> str:
+        """The last `n` lines of the log file (all starts of this process)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                lines = deque(f, maxlen=n)
+        except FileNotFoundError:
+            return ""
+        return b"".join(lines).decode("utf-8", "replace")
+
+    def read_log(self) -> str:
+        try:
+            return self.log_path.read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def __repr__(self) -> str:
+        state = f"pid {self.pid}" if self.alive() else f"exited {self.returncode}"
+        return f"<ManagedProcess {self.name} {state} log={self.log_path}>"
+
+
+def live_processes() -> list[ManagedProcess]:
+    """Every managed process that was started and not yet stopped."""
+    with _LIVE_LOCK:
+        return list(_LIVE.values())
+
+
+def stop_all() -> None:
+    """Stop every live process, newest first (Envoy before the services behind it)."""
+    for proc in reversed(live_processes()):
+        with contextlib.suppress(Exception):
+            proc.stop(timeout=5.0)
+
+
+atexit.register(stop_all)
