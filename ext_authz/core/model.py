@@ -69,8 +69,8 @@ class Identity:
     groups: tuple[str, ...] = ()
     entitlements: tuple[str, ...] = ()
     attributes: Mapping[str, Any] = field(default_factory=_empty_mapping)
-    token: str = ""
-    id_token: str = ""
+    token: str = field(default="", repr=False)  # a secret: never in a log line
+    id_token: str = field(default="", repr=False)
     provider: str = ""
     expires_at: float | None = None
 

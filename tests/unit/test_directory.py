@@ -1,0 +1,151 @@
+"""DirectoryVerifier: argon2id app passwords and static tokens of the config's directory."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from argon2 import PasswordHasher
+
+from ext_authz.adapters import directory as directory_module
+from ext_authz.adapters.directory import DirectoryVerifier
+from ext_authz.config import Directory
+from ext_authz.core.model import Rejected, Verified
+
+pytestmark = pytest.mark.anyio
+
+# Cheap parameters keep the tests fast; the verifier reads the parameters from each hash.
+FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
+def _directory() -> Directory:
+    return Directory.model_validate(
+        {
+            "groups": {
+                "admins": {"attributes": {"app_username": "admin", "role": "admin"}},
+                "billing": {"attributes": {"role": "billing", "team": "money"}},
+            },
+            "users": [
+                {
+                    "username": "alice",
+                    "email": "alice@example.com",
+                    "name": "Alice Example",
+                    "groups": ["billing", "admins"],
+                    "attributes": {"app_password": "s3cret", "team": "alice's"},
+                    "app_passwords": [FAST.hash("old-pw"), FAST.hash("alice-pw")],
+                    "tokens": [FAST.hash("alice-token")],
+                },
+                {
+                    "username": "bob",
+                    "app_passwords": [FAST.hash("bob-pw")],
+                    "tokens": [FAST.hash("bob-token-1"), FAST.hash("bob-token-2")],
+                },
+                {"username": "carol"},
+            ],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def verifier() -> DirectoryVerifier:
+    return DirectoryVerifier(_directory())
+
+
+@pytest.mark.parametrize("password", ["alice-pw", "old-pw"])
+async def test_password_verified(verifier: DirectoryVerifier, password: str) -> None:
+    outcome = await verifier.verify_password("alice", password)
+    assert isinstance(outcome, Verified) and outcome.ttl is None
+    identity = outcome.identity
+    assert identity.sub == "alice" and identity.preferred_username == "alice"
+    assert identity.email == "alice@example.com" and identity.name == "Alice Example"
+    assert identity.groups == ("billing", "admins")  # config order
+    # groups in name order (admins, then billing), then the user's own on top
+    assert dict(identity.attributes) == {
+        "app_username": "admin",
+        "role": "billing",
+        "team": "alice's",
+        "app_password": "s3cret",
+    }
+    assert identity.token == "" and identity.provider == "directory"
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [
+        ("alice", "wrong"),
+        ("alice", "bob-pw"),  # another user's password
+        ("alice", ""),
+        ("Alice", "alice-pw"),  # usernames are exact
+        ("nobody", "alice-pw"),
+        ("carol", "anything"),  # a user without app passwords
+    ],
+)
+async def test_password_rejected(verifier: DirectoryVerifier, username: str, password: str) -> None:
+    outcome = await verifier.verify_password(username, password)
+    assert outcome == Rejected("invalid credentials")
+
+
+async def test_unknown_user_still_spends_an_argon2_verify(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = DirectoryVerifier(_directory())
+    calls: list[str] = []
+    original = verifier._verify
+
+    def spy(hashed: str, secret: str) -> bool:
+        calls.append(hashed)
+        return original(hashed, secret)
+
+    monkeypatch.setattr(verifier, "_verify", spy)
+    await verifier.verify_password("nobody", "pw")
+    assert len(calls) == 1 and calls[0].startswith("$argon2id$")
+    # The dummy uses the configured hashes' parameters, so it costs the same.
+    assert "m=1024,t=1,p=1" in calls[0]
+    calls.clear()
+    await verifier.verify_password("alice", "wrong")
+    assert len(calls) == 2  # every hash of the user, not stopping early
+
+
+async def test_argon2_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = DirectoryVerifier(_directory())
+    threads: list[int] = []
+    original = verifier._verify
+
+    def spy(hashed: str, secret: str) -> bool:
+        threads.append(threading.get_ident())
+        return original(hashed, secret)
+
+    monkeypatch.setattr(verifier, "_verify", spy)
+    loop_thread = threading.get_ident()
+    await verifier.verify_password("alice", "alice-pw")
+    await verifier.verify_token("bob-token-2")
+    assert threads and loop_thread not in threads
+
+
+@pytest.mark.parametrize(("token", "user"), [("alice-token", "alice"), ("bob-token-2", "bob")])
+async def test_token_verified(verifier: DirectoryVerifier, token: str, user: str) -> None:
+    outcome = await verifier.verify_token(token)
+    assert isinstance(outcome, Verified) and outcome.ttl is None
+    assert outcome.identity.sub == user
+    assert outcome.identity.token == ""  # a static token is not passed on as X-authentik-jwt
+
+
+@pytest.mark.parametrize("token", ["", "alice-pw", "bob-token-3", "x" * 1000])
+async def test_token_rejected(verifier: DirectoryVerifier, token: str) -> None:
+    assert await verifier.verify_token(token) == Rejected("invalid token")
+
+
+async def test_empty_directory() -> None:
+    verifier = DirectoryVerifier(Directory())
+    assert await verifier.verify_password("alice", "pw") == Rejected("invalid credentials")
+    assert await verifier.verify_token("t") == Rejected("invalid token")
+
+
+async def test_provider_name_and_concurrency() -> None:
+    verifier = DirectoryVerifier(_directory(), provider="local")
+    outcomes = await asyncio.gather(
+        *(verifier.verify_password("bob", "bob-pw") for _ in range(8)),
+        verifier.verify_password("bob", "nope"),
+    )
+    assert all(isinstance(o, Verified) and o.identity.provider == "local" for o in outcomes[:-1])
+    assert outcomes[-1] == Rejected("invalid credentials")
+    assert directory_module.__all__ == ["DirectoryVerifier"]
