@@ -48,7 +48,9 @@ class ByteStore(Protocol):
     async def publish_invalidation(self, keys: list[str]) -> None:
         """Tell every replica to drop these (session) keys from its in-process cache."""
 
-    async def subscribe_invalidations(self, callback: Callable[[list[str]], Awaitable[None] | None]) -> None:
+    async def subscribe_invalidations(
+        self, callback: Callable[[list[str]], Awaitable[None] | None]
+    ) -> None:
         """Call `callback` with the keys of every invalidation published by any replica
         (this one included). Returns once subscribed; keeps listening in the background
         and re-subscribes after the backend comes back."""

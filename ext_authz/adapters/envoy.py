@@ -1,0 +1,91 @@
+"""Translation between Envoy's protobuf and the core's values, both ways.
+
+Envoy 1.40's header-mutation rules (ENVOY_NOTES.md) decide the `append` settings:
+upstream headers with `append=false` (overwrite, so the upstream sees exactly one
+value); Set-Cookie on an allowed request in `response_headers_to_add` with `append`
+unset (each is a new header line); denied-response headers with `append` unset
+(repeated keys such as two `set-cookie` are kept).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from ext_authz._proto import (
+    BoolValue,
+    CheckRequest,
+    CheckResponse,
+    DeniedHttpResponse,
+    HeaderValue,
+    HeaderValueOption,
+    OkHttpResponse,
+    Status,
+)
+from ext_authz.core.decision import Allow, Deny
+from ext_authz.core.model import AuthRequest
+
+__all__ = ["to_auth_request", "to_check_response"]
+
+_FALSE = BoolValue(value=False)
+
+
+def to_auth_request(message: CheckRequest) -> AuthRequest:
+    attributes = message.attributes
+    request = attributes.request
+    context = MappingProxyType(dict(attributes.context_extensions))
+    if not request.HasField("http"):
+        return AuthRequest(has_http=False, context_extensions=context)
+    http = request.http
+    headers = dict(http.headers)
+    if not headers and len(http.header_map.headers):
+        headers = _from_header_map(http)
+    path, _, query = http.path.partition("?")
+    host = http.host or headers.get(":authority", "") or headers.get("host", "")
+    return AuthRequest(
+        has_http=True,
+        method=http.method or headers.get(":method", ""),
+        host=host,
+        path=path or "/",
+        query=query or http.query,
+        scheme=http.scheme or headers.get(":scheme", ""),
+        headers=MappingProxyType(headers),
+        context_extensions=context,
+        request_id=headers.get("x-request-id", "") or http.id,
+    )
+
+
+def _from_header_map(http: object) -> dict[str, str]:
+    """Envoy sends `header_map` instead of `headers` when `encode_raw_headers` is on."""
+    out: dict[str, str] = {}
+    for entry in http.header_map.headers:  # type: ignore[attr-defined]
+        value = entry.value or entry.raw_value.decode("utf-8", "replace")
+        key = entry.key.lower()
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
+
+
+def to_check_response(decision: Allow | Deny) -> CheckResponse:
+    if isinstance(decision, Allow):
+        ok = OkHttpResponse(
+            headers=[
+                HeaderValueOption(header=HeaderValue(key=k, value=v), append=_FALSE)
+                for k, v in decision.set_headers
+            ],
+            headers_to_remove=list(decision.remove_headers),
+            response_headers_to_add=[
+                HeaderValueOption(header=HeaderValue(key=k, value=v))
+                for k, v in decision.response_headers
+            ],
+        )
+        return CheckResponse(status=Status(code=0), ok_response=ok)
+    status = Status(code=decision.grpc_code, message=decision.message or decision.reason)
+    if not decision.http:
+        return CheckResponse(status=status)
+    denied = DeniedHttpResponse(
+        headers=[
+            HeaderValueOption(header=HeaderValue(key=k, value=v)) for k, v in decision.headers
+        ],
+        body=decision.body,
+    )
+    denied.status.code = decision.status  # type: ignore[assignment]
+    return CheckResponse(status=status, denied_response=denied)

@@ -1,0 +1,200 @@
+"""Decisions as values, and the answers every path shares (401, 403, 503, pages).
+
+`Allow` and `Deny` are what leaves the core; the Envoy adapter turns them into a
+CheckResponse. A redirect is a `Deny` with status 302 and a `location` header.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, replace
+
+from ext_authz.core.model import AuthRequest, Identity
+
+__all__ = [
+    "Allow",
+    "Decision",
+    "Deny",
+    "GrpcCode",
+    "deny_tcp",
+    "error_page",
+    "not_found_app",
+    "redirect",
+    "unauthorized",
+    "unavailable",
+    "wants_json",
+]
+
+Headers = tuple[tuple[str, str], ...]
+
+
+class GrpcCode:
+    OK = 0
+    PERMISSION_DENIED = 7
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    """Let the request through with these mutations.
+
+    `set_headers` overwrite upstream headers; `remove_headers` are removed;
+    `response_headers` go to the client (Set-Cookie). `method` names how the request
+    was authenticated ("session", "basic", "bearer") or why it passed ("skip").
+    `create_session` asks the service to create a session and add its cookie.
+    """
+
+    method: str
+    identity: Identity | None = None
+    set_headers: Headers = ()
+    remove_headers: tuple[str, ...] = ()
+    response_headers: Headers = ()
+    create_session: bool = False
+    dropped_headers: tuple[str, ...] = ()
+
+    def with_response_headers(self, *headers: tuple[str, str]) -> Allow:
+        return replace(self, response_headers=self.response_headers + headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    """Answer the client directly. `http=False` is the TCP (no-HTTP) denial."""
+
+    status: int
+    reason: str
+    headers: Headers = ()
+    body: str = ""
+    grpc_code: int = GrpcCode.PERMISSION_DENIED
+    message: str = ""
+    http: bool = True
+    method: str = ""
+
+    def with_headers(self, *headers: tuple[str, str]) -> Deny:
+        return replace(self, headers=self.headers + headers)
+
+
+Decision = Allow | Deny
+
+
+def wants_json(request: AuthRequest) -> bool:
+    accept = (request.header("accept") or "").lower()
+    return "application/json" in accept or "+json" in accept
+
+
+def _body(request: AuthRequest, error: str, detail: str, status: int) -> tuple[Headers, str]:
+    if wants_json(request):
+        return (("content-type", "application/json"),), json.dumps(
+            {"error": error, "detail": detail}
+        )
+    return (("content-type", "text/plain; charset=utf-8"),), f"{status} {detail}\n"
+
+
+def deny_tcp() -> Deny:
+    return Deny(
+        status=403,
+        reason="no_http",
+        grpc_code=GrpcCode.PERMISSION_DENIED,
+        message="no HTTP attributes",
+        http=False,
+    )
+
+
+def not_found_app(request: AuthRequest) -> Deny:
+    headers, body = _body(request, "unknown_host", "unknown host", 403)
+    if not wants_json(request):
+        body = "unknown host"
+    return Deny(
+        status=403,
+        reason="unknown_host",
+        headers=(*headers, ("cache-control", "no-store")),
+        body=body,
+        message="unknown host",
+    )
+
+
+def unauthorized(
+    request: AuthRequest,
+    *,
+    realm: str,
+    basic: bool,
+    bearer: bool,
+    invalid_token: bool,
+    detail: str,
+    reason: str,
+) -> Deny:
+    """401 with `WWW-Authenticate` for each enabled scheme (SPEC §4, end of step 7)."""
+    challenges: list[tuple[str, str]] = []
+    quoted = realm.replace("\\", "\\\\").replace('"', '\\"')
+    if basic:
+        challenges.append(("www-authenticate", f'Basic realm="{quoted}"'))
+    if bearer:
+        extra = ', error="invalid_token"' if invalid_token else ""
+        challenges.append(("www-authenticate", f'Bearer realm="{quoted}"{extra}'))
+    error = "invalid_token" if invalid_token else "unauthorized"
+    headers, body = _body(request, error, detail, 401)
+    return Deny(
+        status=401,
+        reason=reason,
+        headers=(*challenges, *headers, ("cache-control", "no-store")),
+        body=body,
+        grpc_code=GrpcCode.UNAUTHENTICATED,
+        message=detail,
+    )
+
+
+def unavailable(request: AuthRequest, *, detail: str, reason: str, retry_after: int = 5) -> Deny:
+    """503 with `Retry-After`: a dependency is down; never a 401, never an allow."""
+    headers, body = _body(request, "unavailable", detail, 503)
+    return Deny(
+        status=503,
+        reason=reason,
+        headers=(*headers, ("retry-after", str(retry_after)), ("cache-control", "no-store")),
+        body=body,
+        grpc_code=GrpcCode.UNAVAILABLE,
+        message=detail,
+    )
+
+
+def redirect(location: str, *, reason: str, cookies: tuple[str, ...] = ()) -> Deny:
+    headers: list[tuple[str, str]] = [("location", location), ("cache-control", "no-store")]
+    headers += [("set-cookie", c) for c in cookies]
+    return Deny(status=302, reason=reason, headers=tuple(headers), message="redirect")
+
+
+def error_page(
+    status: int,
+    *,
+    title: str,
+    detail: str,
+    reason: str,
+    link: tuple[str, str] | None = None,
+    cookies: tuple[str, ...] = (),
+    extra_headers: Headers = (),
+) -> Deny:
+    """A small HTML page for browser flows (callback errors). Everything is escaped."""
+    link_html = ""
+    if link is not None:
+        href, text = link
+        link_html = f'<p><a href="{html.escape(href, quote=True)}">{html.escape(text)}</a></p>'
+    body = (
+        '<!doctype html><html><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(detail)}</p>{link_html}</body></html>"
+    )
+    headers: list[tuple[str, str]] = [
+        ("content-type", "text/html; charset=utf-8"),
+        ("cache-control", "no-store"),
+        *extra_headers,
+    ]
+    headers += [("set-cookie", c) for c in cookies]
+    code = GrpcCode.UNAVAILABLE if status == 503 else GrpcCode.PERMISSION_DENIED
+    return Deny(
+        status=status,
+        reason=reason,
+        headers=tuple(headers),
+        body=body,
+        grpc_code=code,
+        message=detail,
+    )

@@ -1,0 +1,81 @@
+"""Which application a request is for, and which outpost path it names (SPEC §4 steps 2-3)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+
+from ext_authz.core.model import AuthRequest
+
+if TYPE_CHECKING:
+    from ext_authz.config import Application
+
+__all__ = ["OUTPOST_PREFIX", "OutpostRoute", "outpost_route", "select_application", "split_host"]
+
+OUTPOST_PREFIX = "/outpost.goauthentik.io/"
+CONTEXT_APP_KEY = "ext_authz_app"
+
+
+class OutpostRoute(enum.Enum):
+    PING = "ping"
+    START = "start"
+    CALLBACK = "callback"
+    SIGN_OUT = "sign_out"
+
+
+def split_host(authority: str, scheme: str = "") -> tuple[str, int | None]:
+    """`Host`/`:authority` → (lower-cased name, port or None). IPv6 literals keep brackets."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        end = authority.find("]")
+        name, rest = (authority[: end + 1], authority[end + 1 :]) if end >= 0 else (authority, "")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        name, _, port_text = authority.partition(":")
+    if port_text.isdigit():
+        return name, int(port_text)
+    if scheme in ("http", "https"):
+        return name, 443 if scheme == "https" else 80
+    return name, None
+
+
+def select_application(
+    request: AuthRequest, applications: Sequence[Application]
+) -> Application | None:
+    """`context_extensions["ext_authz_app"]` names the application; else the host does.
+
+    When two applications share a host name, the port decides.
+    """
+    named = request.context_extensions.get(CONTEXT_APP_KEY)
+    if named:
+        for app in applications:
+            if app.name == named:
+                return app
+        return None
+    name, port = split_host(request.host, request.scheme)
+    # Application host names hold IPv6 literals without brackets; split_host keeps them.
+    name = name.removeprefix("[").removesuffix("]")
+    candidates = [app for app in applications if name in app.all_host_names]
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    for app in candidates:
+        if port is not None and app.port == port:
+            return app
+    return candidates[0]
+
+
+def outpost_route(request: AuthRequest) -> OutpostRoute | None:
+    if request.path.startswith(OUTPOST_PREFIX):
+        tail = request.path[len(OUTPOST_PREFIX) :].rstrip("/")
+        for route in OutpostRoute:
+            if tail == route.value:
+                return route
+    if request.query:
+        params = {k.lower(): v for k, v in parse_qsl(request.query, keep_blank_values=True)}
+        if params.get("x-authentik-auth-callback", "").lower() == "true":
+            return OutpostRoute.CALLBACK
+        if params.get("x-authentik-logout", "").lower() == "true":
+            return OutpostRoute.SIGN_OUT
+    return None

@@ -1,0 +1,249 @@
+"""The decision for a request on a known application: SPEC §4 steps 4-7, in order.
+
+The service gathers the facts (a session found or not, the verdict on the
+`Authorization` header, whether the store answered) and hands them in; `decide`
+returns the first step's answer. Steps 1-3 (no HTTP, which application, outpost
+paths) happen before, in `ext_authz.core.routing`.
+
+    4. session valid                         -> Allow(session)
+    5. header verified                       -> Allow(basic|bearer), maybe a new session
+       header present but not valid          -> remembered
+       verifier unavailable (IdP down)       -> 503 unless a skip path
+    6. skip path                             -> Allow(skip), no identity headers
+    7. invalid header and intercepting       -> 401
+       session unknown because store down   -> 503
+       by `unauthenticated`                  -> 302 to the IdP (StartLogin) or 401
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ext_authz.core.cookies import expire_cookie, strip_cookies
+from ext_authz.core.credentials import (
+    AUTHENTIK_TOKEN_USERNAME,
+    BasicCredential,
+    BearerCredential,
+    Credential,
+    MalformedCredential,
+    parse_authorization,
+)
+from ext_authz.core.decision import Allow, Deny, unauthorized, unavailable
+from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
+from ext_authz.core.upstream import client_authentik_headers, identity_headers, upstream_basic
+
+if TYPE_CHECKING:
+    from ext_authz.config import Application
+    from ext_authz.core.model import VerifyOutcome
+
+__all__ = [
+    "Facts",
+    "StartLogin",
+    "credential_for",
+    "decide",
+    "is_browser_navigation",
+    "login_cookie_name",
+    "original_url",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StartLogin:
+    """Step 7 chose the sign-in redirect; the service stores the login state and
+    answers 302 to the IdP (it needs the store and randomness)."""
+
+    return_to: str
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    request: AuthRequest
+    app: Application
+    session: Identity | None = None
+    stale_cookie: bool = False
+    store_down: bool = False
+    credential: Credential | None = None
+    verdict: VerifyOutcome | None = None
+
+
+def login_cookie_name(app: Application) -> str:
+    return app.cookie_name + "_login"
+
+
+def credential_for(request: AuthRequest, app: Application) -> Credential | None:
+    """Step 5's parse: None when receiving is off or no header came.
+
+    A scheme that is not enabled counts as present-but-not-valid, except
+    authentik's `goauthentik.io/token` Basic, which belongs to the Bearer path.
+    """
+    basic, bearer = app.receive.basic.enabled, app.receive.bearer.enabled
+    if not (basic or bearer):
+        return None
+    credential = parse_authorization(request.header("authorization"))
+    if isinstance(credential, BasicCredential):
+        if credential.username == AUTHENTIK_TOKEN_USERNAME:
+            if not bearer:
+                return MalformedCredential("basic", "token login needs bearer enabled")
+            return (
+                BearerCredential(credential.password)
+                if credential.password
+                else (MalformedCredential("bearer", "empty token"))
+            )
+        if not basic:
+            return MalformedCredential("basic", "basic not enabled")
+    if isinstance(credential, BearerCredential) and not bearer:
+        return MalformedCredential("bearer", "bearer not enabled")
+    return credential
+
+
+def is_browser_navigation(request: AuthRequest) -> bool:
+    return (
+        request.method in ("GET", "HEAD")
+        and "text/html" in (request.header("accept") or "").lower()
+        and request.header("x-requested-with") is None
+    )
+
+
+def original_url(request: AuthRequest, app: Application) -> str:
+    scheme = (
+        request.scheme
+        if request.scheme in ("http", "https")
+        else ("https" if app.secure else "http")
+    )
+    query = f"?{request.query}" if request.query else ""
+    return f"{scheme}://{request.host}{request.path}{query}"
+
+
+def decide(facts: Facts) -> Allow | Deny | StartLogin:
+    request, app = facts.request, facts.app
+    if facts.session is not None:
+        return _allow(facts, facts.session, "session", consumed=False, create_session=False)
+
+    verdict = facts.verdict
+    method = _method(facts.credential)
+    if isinstance(verdict, Verified):
+        create = app.receive.create_session and not facts.store_down
+        return _allow(facts, verdict.identity, method, consumed=True, create_session=create)
+
+    invalid = isinstance(facts.credential, MalformedCredential) or isinstance(verdict, Rejected)
+    if any(p.search(request.path) for p in app.skip_paths):
+        return _allow(facts, None, "skip", consumed=False, create_session=False)
+
+    if isinstance(verdict, Unavailable):
+        return unavailable(
+            request, detail="identity provider unavailable", reason="idp_unavailable"
+        )
+    if invalid and app.intercept_header_auth:
+        rejected_token = method == "bearer"
+        return _challenge(
+            facts,
+            invalid_token=rejected_token,
+            detail="invalid credentials",
+            reason="invalid_credential",
+        )
+    if facts.store_down:
+        return unavailable(request, detail="session store unavailable", reason="store_unavailable")
+    if (
+        app.oidc is None
+        or app.unauthenticated == "deny"
+        or (app.unauthenticated == "auto" and not is_browser_navigation(request))
+    ):
+        return _challenge(
+            facts, invalid_token=False, detail="authentication required", reason="unauthenticated"
+        )
+    return StartLogin(return_to=original_url(request, app))
+
+
+def _method(credential: Credential | None) -> str:
+    if isinstance(credential, BasicCredential):
+        return "basic"
+    if isinstance(credential, BearerCredential):
+        return "bearer"
+    if isinstance(credential, MalformedCredential):
+        return credential.scheme if credential.scheme in ("basic", "bearer") else "other"
+    return "none"
+
+
+def _challenge(facts: Facts, *, invalid_token: bool, detail: str, reason: str) -> Deny:
+    app = facts.app
+    deny = unauthorized(
+        facts.request,
+        realm=app.name,
+        basic=app.receive.basic.enabled,
+        bearer=app.receive.bearer.enabled,
+        invalid_token=invalid_token,
+        detail=detail,
+        reason=reason,
+    )
+    if facts.stale_cookie:
+        deny = deny.with_headers(("set-cookie", _expire_session_cookie(app)))
+    return deny
+
+
+def _expire_session_cookie(app: Application) -> str:
+    return expire_cookie(app.cookie_name, secure=app.secure, domain=app.cookie_domain)
+
+
+def _allow(
+    facts: Facts,
+    identity: Identity | None,
+    method: str,
+    *,
+    consumed: bool,
+    create_session: bool,
+) -> Allow:
+    """The OK mutations of SPEC §4 "Allowed requests" and §7."""
+    request, app = facts.request, facts.app
+    set_headers: list[tuple[str, str]] = []
+    dropped: tuple[str, ...] = ()
+    if identity is not None and app.send.identity_headers:
+        built = identity_headers(identity, app_name=app.name, provider=app.provider_name)
+        set_headers += built.headers
+        dropped = built.dropped
+    if identity is not None and app.send.basic.enabled:
+        set_headers.append(
+            (
+                "authorization",
+                upstream_basic(
+                    identity,
+                    username_attribute=app.send.basic.username_attribute,
+                    password_attribute=app.send.basic.password_attribute,
+                ),
+            )
+        )
+
+    # An empty value is sent as a removal: Envoy may skip setting an empty header,
+    # which would leave a client-sent value of the same name in place.
+    remove = [name.lower() for name, value in set_headers if not value]
+    set_headers = [(name, value) for name, value in set_headers if value]
+    ours = {name.lower() for name, _ in set_headers}
+    # Headers we overwrite need no removal (Envoy overwrites them with append=false);
+    # removing them as well could drop our own value.
+    remove += [n for n in client_authentik_headers(request.headers) if n.lower() not in ours]
+    if (
+        "authorization" in request.headers
+        and "authorization" not in ours
+        and (consumed or app.intercept_header_auth)
+    ):
+        remove.append("authorization")
+    if app.send.strip_session_cookie and "cookie" in request.headers:
+        original = request.headers["cookie"]
+        stripped = strip_cookies(original, {app.cookie_name, login_cookie_name(app)})
+        if stripped is None:
+            remove.append("cookie")
+        elif stripped != original:
+            set_headers.append(("cookie", stripped))
+
+    response: tuple[tuple[str, str], ...] = ()
+    if facts.stale_cookie and not create_session:
+        response = (("set-cookie", _expire_session_cookie(app)),)
+    return Allow(
+        method=method,
+        identity=identity,
+        set_headers=tuple(set_headers),
+        remove_headers=tuple(dict.fromkeys(remove)),
+        response_headers=response,
+        create_session=create_session,
+        dropped_headers=dropped,
+    )

@@ -1,0 +1,129 @@
+"""What the upstream sees about an identity (SPEC §7): "sending authentication".
+
+- identity headers named as authentik sends them;
+- `attributes.additionalHeaders`, which can never override ours or `authorization`;
+- HTTP Basic for the upstream from user/group attributes;
+- the client's own `x-authentik-*` headers (any case, `_` read as `-`) go away.
+
+A header value containing a control character (CR, LF, NUL, ...) is dropped, never
+passed on: the returned `dropped` names let the caller log it once.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ext_authz.core.model import Identity
+
+__all__ = [
+    "SPOOFABLE_PREFIX",
+    "UpstreamHeaders",
+    "client_authentik_headers",
+    "identity_headers",
+    "is_safe_header_value",
+    "upstream_basic",
+]
+
+SPOOFABLE_PREFIX = "x-authentik-"
+# A field value (RFC 9110 §5.5) without control characters: visible ASCII, space,
+# tab and obs-text (>= 0x80) are fine; CR, LF, NUL, DEL and the other controls are not,
+# nor lone surrogates (a JSON "\ud800" escape in a claim): they have no UTF-8 form.
+_UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+_TOKEN_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_RESERVED_NAMES = frozenset(
+    {
+        "authorization",
+        "cookie",
+        "host",
+        "proxy-authorization",
+        "set-cookie",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamHeaders:
+    """Headers to set (name, value) and the names of headers dropped as unsafe."""
+
+    headers: tuple[tuple[str, str], ...]
+    dropped: tuple[str, ...]
+
+
+def is_safe_header_value(value: str) -> bool:
+    return _UNSAFE_VALUE.search(value) is None
+
+
+def client_authentik_headers(header_names: Iterable[str]) -> list[str]:
+    """The names (as given) of every client header that could pose as one of ours."""
+    return [
+        name for name in header_names if name.lower().replace("_", "-").startswith(SPOOFABLE_PREFIX)
+    ]
+
+
+def identity_headers(identity: Identity, *, app_name: str, provider: str) -> UpstreamHeaders:
+    """SPEC §7's table, then `additionalHeaders` from the attributes."""
+    ours: list[tuple[str, str]] = [
+        ("X-authentik-username", identity.preferred_username),
+        ("X-authentik-groups", "|".join(identity.groups)),
+        ("X-authentik-entitlements", "|".join(identity.entitlements)),
+        ("X-authentik-email", identity.email),
+        ("X-authentik-name", identity.name),
+        ("X-authentik-uid", identity.sub),
+        ("X-authentik-jwt", identity.token),
+        ("X-authentik-meta-app", app_name),
+        ("X-authentik-meta-provider", provider),
+    ]
+    out: list[tuple[str, str]] = []
+    dropped: list[str] = []
+    for name, value in ours:
+        if is_safe_header_value(value):
+            out.append((name, value))
+        else:
+            dropped.append(name)
+    taken = {name.lower() for name, _ in ours}
+    extra = identity.attributes.get("additionalHeaders")
+    if isinstance(extra, Mapping):
+        for name, value in _additional(extra):
+            lowered = name.lower()
+            if lowered in taken or lowered in _RESERVED_NAMES or lowered.startswith(":"):
+                continue
+            if not isinstance(value, str) or not is_safe_header_value(value):
+                dropped.append(name)
+                continue
+            taken.add(lowered)
+            out.append((name, value))
+    return UpstreamHeaders(tuple(out), tuple(dropped))
+
+
+def _additional(extra: Mapping[Any, Any]) -> Iterable[tuple[str, Any]]:
+    for name, value in extra.items():
+        if isinstance(name, str) and _TOKEN_NAME.fullmatch(name):
+            yield name, value
+
+
+def upstream_basic(identity: Identity, *, username_attribute: str, password_attribute: str) -> str:
+    """`Basic base64(utf8(username:password))` for the upstream.
+
+    username = attributes[username_attribute] when it is a string, else the email;
+    password = attributes[password_attribute] when it is a string, else empty.
+    """
+    attributes = identity.attributes
+    username = attributes.get(username_attribute) if username_attribute else None
+    if not isinstance(username, str):
+        username = identity.email
+    password = attributes.get(password_attribute) if password_attribute else None
+    if not isinstance(password, str):
+        password = ""
+    # "replace": a lone surrogate from a JSON claim must not crash the decision.
+    raw = f"{username}:{password}".encode("utf-8", "replace")
+    encoded = base64.b64encode(raw).decode("ascii")
+    return f"Basic {encoded}"

@@ -1,0 +1,88 @@
+"""Prometheus metrics (SPEC §9), one object built by the composition root.
+
+With `workers > 1` the supervisor sets PROMETHEUS_MULTIPROC_DIR before the workers
+start, so prometheus-client writes each worker's values to shared files and the
+HTTP port sums them (`MultiProcessCollector`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+__all__ = ["Metrics", "render_metrics"]
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import REGISTRY
+
+        reg = registry if registry is not None else REGISTRY
+        self.checks = Counter(
+            "ext_authz_checks",
+            "Check calls by application, result and method",
+            ["app", "result", "method"],
+            registry=reg,
+        )
+        self.check_latency = Histogram(
+            "ext_authz_check_duration_seconds",
+            "Time to answer one Check",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=reg,
+        )
+        self.idp_requests = Counter(
+            "ext_authz_idp_requests",
+            "Requests to the IdP by endpoint and outcome",
+            ["endpoint", "outcome"],
+            registry=reg,
+        )
+        self.cache = Counter(
+            "ext_authz_cache_requests",
+            "Session and credential cache lookups",
+            ["cache", "result"],
+            registry=reg,
+        )
+        self.store_errors = Counter(
+            "ext_authz_store_errors",
+            "Store operations that failed",
+            ["operation"],
+            registry=reg,
+        )
+        self.sessions_created = Counter(
+            "ext_authz_sessions_created",
+            "Sessions created",
+            ["app", "via"],
+            registry=reg,
+        )
+        self.sessions_ended = Counter(
+            "ext_authz_sessions_ended",
+            "Sessions ended by sign-out",
+            ["app"],
+            registry=reg,
+        )
+        self.internal_errors = Counter(
+            "ext_authz_internal_errors",
+            "Checks that hit an unexpected fault",
+            registry=reg,
+        )
+
+    def observe_idp(self, endpoint: str, outcome: str) -> None:
+        self.idp_requests.labels(endpoint, outcome).inc()
+
+
+def render_metrics() -> bytes:
+    """The exposition text: summed over workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY)

@@ -1,0 +1,605 @@
+"""The one place that orders I/O for a Check (STYLE.md: service).
+
+`CheckService.check(request)` resolves the application, asks the store and the
+verifiers, lets `core` decide, applies the effects (create/delete sessions, cache
+credentials, store login states) and maps faults to the documented answers:
+store or IdP down is a 503 with Retry-After, never an allow. It never raises: any
+unexpected fault becomes a deliberate denial and a log line with the request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from ext_authz.core import routing, steps
+from ext_authz.core.claims import identity_from_claims
+from ext_authz.core.cookies import expire_cookie, get_cookie, session_cookie
+from ext_authz.core.credentials import (
+    BasicCredential,
+    BearerCredential,
+    MalformedCredential,
+)
+from ext_authz.core.decision import (
+    Allow,
+    Deny,
+    GrpcCode,
+    deny_tcp,
+    error_page,
+    not_found_app,
+    redirect,
+    unauthorized,
+    unavailable,
+)
+from ext_authz.core.login import authorize_url, end_session_url, safe_return_url
+from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
+from ext_authz.errors import IdPUnavailable, StoreUnavailable
+from ext_authz.logs import event
+
+if TYPE_CHECKING:
+    from ext_authz.adapters.oidc import OIDCClient
+    from ext_authz.config import Application
+    from ext_authz.core.model import VerifyOutcome
+    from ext_authz.metrics import Metrics
+    from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
+
+__all__ = ["AppRuntime", "CheckService"]
+
+LOGIN_TTL = 600.0
+START_PATH = routing.OUTPOST_PREFIX + "start"
+
+BasicVerifier = Callable[[str, str], Awaitable["VerifyOutcome"]]
+BearerVerifier = Callable[[str], Awaitable["VerifyOutcome"]]
+
+
+@dataclass(frozen=True, slots=True)
+class AppRuntime:
+    """One application with the verifiers the composition root built for it."""
+
+    app: Application
+    verify_basic: BasicVerifier | None
+    verify_bearer: BearerVerifier | None
+    oidc: OIDCClient | None
+
+
+class CheckService:
+    def __init__(
+        self,
+        runtimes: Sequence[AppRuntime],
+        *,
+        sessions: SessionRepository,
+        credentials: CredentialCache,
+        logins: LoginStateRepository,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._runtimes = {rt.app.name: rt for rt in runtimes}
+        self._apps = tuple(rt.app for rt in runtimes)
+        self._sessions = sessions
+        self._credentials = credentials
+        self._logins = logins
+        self._metrics = metrics
+        self._clock = clock
+        self._inflight: dict[tuple[str, str], asyncio.Future[VerifyOutcome]] = {}
+
+    # --- the entry point -----------------------------------------------------------
+
+    async def check(self, request: AuthRequest) -> Allow | Deny:
+        started = time.perf_counter()
+        app_name = "-"
+        try:
+            if not request.has_http:
+                decision: Allow | Deny = deny_tcp()
+            else:
+                app = routing.select_application(request, self._apps)
+                if app is None:
+                    decision = not_found_app(request)
+                else:
+                    app_name = app.name
+                    decision = await self._decide(request, self._runtimes[app.name])
+        except Exception:  # Check never raises: fail closed, with a trace for operators.
+            self._metrics.internal_errors.inc()
+            event(
+                logging.ERROR,
+                "internal error",
+                request_id=request.request_id,
+                app=app_name,
+                exc_info=True,
+            )
+            decision = unavailable(request, detail="internal error", reason="internal_error")
+        self._record(request, app_name, decision, time.perf_counter() - started)
+        return decision
+
+    def _record(self, request: AuthRequest, app: str, decision: Allow | Deny, spent: float) -> None:
+        if isinstance(decision, Allow):
+            result, method = "allow", decision.method
+        else:
+            result, method = decision.reason, decision.method or "-"
+        self._metrics.checks.labels(app, result, method).inc()
+        self._metrics.check_latency.observe(spent)
+        if isinstance(decision, Allow) and decision.dropped_headers:
+            event(
+                logging.WARNING,
+                "identity header dropped: unsafe value",
+                app=app,
+                request_id=request.request_id,
+                headers=list(decision.dropped_headers),
+            )
+
+    # --- steps 3-7 -------------------------------------------------------------------
+
+    async def _decide(self, request: AuthRequest, rt: AppRuntime) -> Allow | Deny:
+        app = rt.app
+        route = routing.outpost_route(request)
+        if route is routing.OutpostRoute.PING:
+            return Deny(
+                status=204, reason="ping", grpc_code=GrpcCode.PERMISSION_DENIED, message="pong"
+            )
+        if route is routing.OutpostRoute.START:
+            rd = dict(parse_qsl(request.query)).get("rd")
+            return await self._start_login(request, rt, safe_return_url(rd, app))
+        if route is routing.OutpostRoute.CALLBACK:
+            return await self._callback(request, rt)
+        if route is routing.OutpostRoute.SIGN_OUT:
+            return await self._sign_out(request, rt)
+
+        session, stale, store_down = await self._load_session(request, app)
+        credential = verdict = None
+        if session is None:
+            credential = steps.credential_for(request, app)
+            if isinstance(credential, BasicCredential | BearerCredential):
+                verdict = await self._verify(request, rt, credential)
+            elif isinstance(credential, MalformedCredential):
+                self._log_rejected(request, app.name, credential.scheme, credential.reason)
+        outcome = steps.decide(
+            steps.Facts(
+                request=request,
+                app=app,
+                session=session,
+                stale_cookie=stale,
+                store_down=store_down,
+                credential=credential,
+                verdict=verdict,
+            )
+        )
+        if isinstance(outcome, steps.StartLogin):
+            return await self._start_login(request, rt, outcome.return_to)
+        if isinstance(outcome, Allow) and outcome.create_session and outcome.identity:
+            return await self._with_new_session(request, app, outcome, outcome.identity)
+        return outcome
+
+    async def _load_session(
+        self, request: AuthRequest, app: Application
+    ) -> tuple[Identity | None, bool, bool]:
+        """(identity, stale cookie, store down) for the request's session cookie."""
+        value = get_cookie(request.header("cookie"), app.cookie_name)
+        if not value:
+            return None, False, False
+        try:
+            record = await self._sessions.get(app.name, value)
+        except StoreUnavailable:
+            self._metrics.store_errors.labels("session_get").inc()
+            event(
+                logging.WARNING,
+                "store unavailable",
+                operation="session_get",
+                app=app.name,
+                request_id=request.request_id,
+            )
+            return None, False, True
+        if record is None:
+            return None, True, False
+        return record.identity, False, False
+
+    # --- step 5: verifying a credential, through the shared cache ----------------------
+
+    async def _verify(
+        self, request: AuthRequest, rt: AppRuntime, credential: BasicCredential | BearerCredential
+    ) -> VerifyOutcome:
+        app = rt.app
+        header_value = (request.header("authorization") or "").split(",", 1)[0].strip()
+        method = "basic" if isinstance(credential, BasicCredential) else "bearer"
+        try:
+            cached = await self._credentials.get(app.name, header_value)
+        except StoreUnavailable:
+            self._metrics.store_errors.labels("credential_get").inc()
+            cached = None
+        if cached is not None:
+            self._metrics.cache.labels("credential", "hit").inc()
+            if cached.identity is not None:
+                return Verified(cached.identity)
+            return Rejected(cached.reason or "rejected (cached)")
+        self._metrics.cache.labels("credential", "miss").inc()
+
+        # One verification per credential per process at a time; later callers share it.
+        key = (app.name, header_value)
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[VerifyOutcome] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            outcome = await self._call_verifier(rt, credential)
+            await self._cache_outcome(app, header_value, outcome)
+            future.set_result(outcome)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._inflight[key]
+        if isinstance(outcome, Rejected):
+            self._log_rejected(request, app.name, method, outcome.reason)
+        elif isinstance(outcome, Unavailable):
+            event(
+                logging.WARNING,
+                "identity provider unavailable",
+                app=app.name,
+                method=method,
+                reason=outcome.reason,
+                request_id=request.request_id,
+            )
+        return outcome
+
+    async def _call_verifier(
+        self, rt: AppRuntime, credential: BasicCredential | BearerCredential
+    ) -> VerifyOutcome:
+        if isinstance(credential, BasicCredential):
+            if rt.verify_basic is None:
+                return Rejected("basic not enabled")
+            return await rt.verify_basic(credential.username, credential.password)
+        if rt.verify_bearer is None:
+            return Rejected("bearer not enabled")
+        return await rt.verify_bearer(credential.token)
+
+    async def _cache_outcome(
+        self, app: Application, header_value: str, outcome: VerifyOutcome
+    ) -> None:
+        try:
+            if isinstance(outcome, Verified):
+                ttl = app.receive.cache_ttl
+                if outcome.ttl is not None:
+                    ttl = min(ttl, outcome.ttl)
+                if outcome.identity.expires_at is not None:
+                    ttl = min(ttl, outcome.identity.expires_at - self._clock())
+                if ttl > 0:
+                    await self._credentials.put_verified(
+                        app.name, header_value, outcome.identity, ttl
+                    )
+            elif isinstance(outcome, Rejected) and app.receive.negative_cache_ttl > 0:
+                await self._credentials.put_rejected(
+                    app.name, header_value, outcome.reason, app.receive.negative_cache_ttl
+                )
+        except StoreUnavailable:
+            self._metrics.store_errors.labels("credential_put").inc()
+
+    def _log_rejected(self, request: AuthRequest, app: str, method: str, reason: str) -> None:
+        event(
+            logging.INFO,
+            "credential rejected",
+            app=app,
+            method=method,
+            reason=reason,
+            request_id=request.request_id,
+        )
+
+    # --- sessions --------------------------------------------------------------------
+
+    def _session_expiry(self, app: Application, identity: Identity) -> float:
+        expires = self._clock() + app.session_lifetime
+        if identity.expires_at is not None:
+            expires = min(expires, identity.expires_at)
+        return expires
+
+    def _session_cookie(self, app: Application, value: str, expires_at: float) -> str:
+        return session_cookie(
+            app.cookie_name,
+            value,
+            max_age=int(expires_at - self._clock()),
+            secure=app.secure,
+            domain=app.cookie_domain,
+        )
+
+    async def _with_new_session(
+        self, request: AuthRequest, app: Application, allow: Allow, identity: Identity
+    ) -> Allow:
+        expires_at = self._session_expiry(app, identity)
+        if expires_at - self._clock() < 1:
+            return allow
+        try:
+            value = await self._sessions.create(app.name, identity, expires_at)
+        except StoreUnavailable:
+            self._metrics.store_errors.labels("session_create").inc()
+            event(
+                logging.WARNING,
+                "store unavailable: no session created",
+                app=app.name,
+                request_id=request.request_id,
+            )
+            return allow
+        self._metrics.sessions_created.labels(app.name, allow.method).inc()
+        return allow.with_response_headers(
+            ("set-cookie", self._session_cookie(app, value, expires_at))
+        )
+
+    # --- browser sign-in (SPEC §6) ---------------------------------------------------
+
+    def _login_cookie(self, app: Application, value: str, max_age: int) -> str:
+        return session_cookie(
+            steps.login_cookie_name(app),
+            value,
+            max_age=max_age,
+            secure=app.secure,
+            domain=app.cookie_domain,
+        )
+
+    async def _start_login(self, request: AuthRequest, rt: AppRuntime, return_to: str) -> Deny:
+        app = rt.app
+        if rt.oidc is None:
+            return unauthorized(
+                request,
+                realm=app.name,
+                basic=app.receive.basic.enabled,
+                bearer=app.receive.bearer.enabled,
+                invalid_token=False,
+                detail="authentication required",
+                reason="unauthenticated",
+            )
+        try:
+            discovery = await rt.oidc.discovery()
+        except IdPUnavailable:
+            return unavailable(
+                request, detail="identity provider unavailable", reason="idp_unavailable"
+            )
+        # Several tabs may sign in at once: they share one binding cookie.
+        binding = get_cookie(request.header("cookie"), steps.login_cookie_name(app))
+        if not binding or len(binding) < 32 or len(binding) > 128:
+            binding = secrets.token_urlsafe(32)
+        state, nonce, verifier = (
+            secrets.token_urlsafe(32),
+            secrets.token_urlsafe(32),
+            secrets.token_urlsafe(64),
+        )
+        record = {
+            "app": app.name,
+            "verifier": verifier,
+            "nonce": nonce,
+            "return_to": return_to,
+            "created_at": self._clock(),
+            "binding": _digest(binding),
+        }
+        try:
+            await self._logins.put(state, record, LOGIN_TTL)
+        except StoreUnavailable:
+            self._metrics.store_errors.labels("login_put").inc()
+            return unavailable(
+                request, detail="session store unavailable", reason="store_unavailable"
+            )
+        assert app.oidc is not None
+        location = authorize_url(
+            discovery.authorization_endpoint,
+            client_id=app.oidc.client_id,
+            redirect_uri=app.redirect_uri,
+            scopes=app.oidc.scopes,
+            state=state,
+            nonce=nonce,
+            verifier=verifier,
+        )
+        return redirect(
+            location, reason="login", cookies=(self._login_cookie(app, binding, int(LOGIN_TTL)),)
+        )
+
+    async def _callback(self, request: AuthRequest, rt: AppRuntime) -> Deny:
+        app = rt.app
+        start_link = (app.external_host.rstrip("/") + START_PATH, "Sign in again")
+        params = dict(parse_qsl(request.query, keep_blank_values=True))
+        if rt.oidc is None:
+            return error_page(
+                404,
+                title="Not found",
+                detail="this application has no sign-in",
+                reason="callback_no_oidc",
+            )
+        if "error" in params:
+            event(
+                logging.INFO,
+                "sign-in refused by the identity provider",
+                app=app.name,
+                error=params["error"][:100],
+                request_id=request.request_id,
+            )
+            return error_page(
+                403,
+                title="Sign-in failed",
+                detail=f"The identity provider answered: {params['error'][:100]}",
+                reason="callback_idp_error",
+                link=start_link,
+            )
+        state, code = params.get("state", ""), params.get("code", "")
+        if not state or not code:
+            return error_page(
+                400,
+                title="Sign-in failed",
+                detail="The sign-in link is incomplete.",
+                reason="callback_bad_request",
+                link=start_link,
+            )
+        try:
+            record = await self._logins.take(state)
+        except StoreUnavailable:
+            self._metrics.store_errors.labels("login_take").inc()
+            return error_page(
+                503,
+                title="Try again shortly",
+                detail="The session store is unavailable.",
+                reason="store_unavailable",
+                extra_headers=(("retry-after", "5"),),
+            )
+        binding = get_cookie(request.header("cookie"), steps.login_cookie_name(app)) or ""
+        if (
+            record is None
+            or record.get("app") != app.name
+            or float(record.get("created_at", 0)) + LOGIN_TTL < self._clock()
+            or not hmac.compare_digest(str(record.get("binding", "")), _digest(binding))
+        ):
+            event(
+                logging.INFO, "sign-in state rejected", app=app.name, request_id=request.request_id
+            )
+            return error_page(
+                400,
+                title="Sign-in expired",
+                detail="This sign-in link has expired or was already used.",
+                reason="callback_bad_state",
+                link=start_link,
+            )
+        from ext_authz.adapters.oidc import TokenError
+
+        try:
+            tokens = await rt.oidc.exchange_code(code, str(record["verifier"]), app.redirect_uri)
+            claims = await rt.oidc.verify_id_token(tokens.id_token, nonce=str(record["nonce"]))
+            if _dotted(claims, app.oidc.attributes_claim if app.oidc else "") is None and (
+                tokens.access_token
+            ):
+                extra = await rt.oidc.userinfo(tokens.access_token)
+                claims = {**extra, **claims}
+                if _dotted(claims, app.oidc.attributes_claim if app.oidc else "") is None:
+                    attrs = _dotted(extra, app.oidc.attributes_claim if app.oidc else "")
+                    if attrs is not None:
+                        claims = {**claims, **{k: v for k, v in extra.items() if k not in ("sub",)}}
+        except IdPUnavailable:
+            return error_page(
+                503,
+                title="Try again shortly",
+                detail="The identity provider is unavailable.",
+                reason="idp_unavailable",
+                extra_headers=(("retry-after", "5"),),
+            )
+        except TokenError as exc:
+            event(
+                logging.INFO,
+                "sign-in token rejected",
+                app=app.name,
+                reason=str(exc)[:200],
+                request_id=request.request_id,
+            )
+            return error_page(
+                400,
+                title="Sign-in failed",
+                detail="The sign-in could not be completed.",
+                reason="callback_token_error",
+                link=start_link,
+            )
+        assert app.oidc is not None
+        try:
+            identity = identity_from_claims(
+                claims,
+                attributes_claim=app.oidc.attributes_claim,
+                provider=app.oidc.client_id,
+                token=tokens.id_token,
+                id_token=tokens.id_token,
+            )
+        except ValueError:
+            return error_page(
+                400,
+                title="Sign-in failed",
+                detail="The identity has no subject.",
+                reason="callback_token_error",
+                link=start_link,
+            )
+        expires_at = self._session_expiry(app, identity)
+        try:
+            value = await self._sessions.create(app.name, identity, expires_at)
+        except StoreUnavailable:
+            self._metrics.store_errors.labels("session_create").inc()
+            return error_page(
+                503,
+                title="Try again shortly",
+                detail="The session store is unavailable.",
+                reason="store_unavailable",
+                extra_headers=(("retry-after", "5"),),
+            )
+        self._metrics.sessions_created.labels(app.name, "sign_in").inc()
+        event(
+            logging.INFO,
+            "signed in",
+            app=app.name,
+            user=identity.preferred_username,
+            request_id=request.request_id,
+        )
+        return_to = safe_return_url(str(record.get("return_to", "")), app)
+        return redirect(
+            return_to,
+            reason="signed_in",
+            cookies=(
+                self._session_cookie(app, value, expires_at),
+                expire_cookie(
+                    steps.login_cookie_name(app), secure=app.secure, domain=app.cookie_domain
+                ),
+            ),
+        )
+
+    async def _sign_out(self, request: AuthRequest, rt: AppRuntime) -> Deny:
+        app = rt.app
+        home = app.external_host.rstrip("/") + "/"
+        expired = expire_cookie(app.cookie_name, secure=app.secure, domain=app.cookie_domain)
+        value = get_cookie(request.header("cookie"), app.cookie_name)
+        record = None
+        if value:
+            try:
+                record = await self._sessions.get(app.name, value)
+                if record is not None:
+                    ended = await self._sessions.end_all_for(app.name, record.identity.sub)
+                    self._metrics.sessions_ended.labels(app.name).inc(ended)
+            except StoreUnavailable:
+                self._metrics.store_errors.labels("sign_out").inc()
+                return error_page(
+                    503,
+                    title="Try again shortly",
+                    detail="The session store is unavailable.",
+                    reason="store_unavailable",
+                    extra_headers=(("retry-after", "5"),),
+                )
+        if record is None:
+            return redirect(home, reason="signed_out", cookies=(expired,) if value else ())
+        event(
+            logging.INFO,
+            "signed out",
+            app=app.name,
+            user=record.identity.preferred_username,
+            request_id=request.request_id,
+        )
+        location = home
+        if rt.oidc is not None:
+            try:
+                discovery = await rt.oidc.discovery()
+                location = end_session_url(
+                    discovery.end_session_endpoint,
+                    id_token=record.identity.id_token,
+                    post_logout_redirect_uri=app.external_host,
+                    fallback=home,
+                )
+            except IdPUnavailable:
+                location = home
+        return redirect(location, reason="signed_out", cookies=(expired,))
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _dotted(data: Any, path: str) -> Any:
+    if not path:
+        return None
+    for part in path.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
