@@ -1,0 +1,382 @@
+"""The Redis ByteStore: standalone, Sentinel and Cluster, through redis-py's asyncio API.
+
+URLs (`RedisStore.from_url`):
+
+    redis://[user:pass@]host:port/db        rediss:// for TLS
+    redis+sentinel://[user:pass@]h:p,h:p/MASTER_NAME/db   (rediss+sentinel for TLS to Redis)
+    redis+cluster://[user:pass@]h:p,h:p                   (rediss+cluster for TLS)
+
+Keys are `{prefix}{namespace}:{key}`. Every operation touches a single key, so Cluster
+needs no hash tags. Multi-step operations on one key (index add with a growing TTL,
+pop-all) are tiny Lua scripts: atomic, one round trip, and routed by their key in
+Cluster mode.
+
+Faults: every command runs with socket and connect timeouts of `timeout`, one retry
+on a *connection* error (so a pooled connection left dead by a Redis restart is
+replaced transparently) and none on a timeout, all inside an overall deadline of
+2 x `timeout`. Any library error (connection, timeout, cluster down, read-only
+replica, ...) becomes `StoreUnavailable`; no redis-py exception escapes. Nothing here
+needs restarting after Redis comes back: connections are re-made on demand, and the
+invalidation listener re-subscribes with backoff.
+
+Invalidations travel on the channel `{prefix}invalidate` as a JSON list of keys.
+Messages sent while a listener is disconnected are lost; the local cache's TTL bounds
+the staleness that can cause (SPEC §8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+
+from ext_authz.errors import StoreUnavailable
+from ext_authz.ports import ByteStore
+
+__all__ = ["RedisStore"]
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+InvalidationCallback = Callable[[list[str]], Awaitable[None] | None]
+
+# What a Redis fault can look like from redis-py (asyncio.TimeoutError is the
+# builtin TimeoutError, an OSError, in 3.11).
+_FAULTS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+
+# SADD, then make the set live at least ARGV[2] ms more. PTTL is -1 for a set SADD
+# just created (no TTL), which the comparison also covers; PEXPIRE GT would not.
+_INDEX_ADD = """
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+_INDEX_POP_ALL = """
+local members = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return members
+"""
+
+_BACKOFF_START = 0.05
+_BACKOFF_MAX = 2.0
+_LISTENER_POLL = 1.0  # seconds a get_message call waits
+_LISTENER_PING_EVERY = 5  # idle polls between pings (detects dead connections)
+
+
+class RedisStore:
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        key_prefix: str,
+        timeout: float,
+        extra_closables: list[Redis] | None = None,
+    ) -> None:
+        self._client = client
+        self._prefix = key_prefix
+        self._timeout = timeout
+        self._deadline = 2 * timeout
+        self._channel = f"{key_prefix}invalidate"
+        self._extra_closables = extra_closables or []
+        self._callbacks: list[InvalidationCallback] = []
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._closing = False
+
+    # --- construction -----------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, *, key_prefix: str, timeout: float) -> RedisStore:
+        """Build a store from a URL (see the module docstring). Connects lazily."""
+        scheme = url.split("://", 1)[0].lower()
+        common: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            # Retry once, at once, and only when the connection broke (a pooled
+            # connection Redis closed on restart); a timeout is not retried, so a
+            # hanging Redis costs one `timeout`.
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        }
+        if scheme in ("redis", "rediss", "unix"):
+            client: Redis | RedisCluster = Redis.from_url(url, **common)
+            return cls(client, key_prefix=key_prefix, timeout=timeout)
+        if scheme in ("redis+sentinel", "rediss+sentinel"):
+            nodes, user, password, path = _split_multi_host(url)
+            parts = [p for p in path.split("/") if p]
+            if not parts:
+                raise ValueError("redis+sentinel URL needs /MASTER_NAME[/db]")
+            service = unquote(parts[0])
+            db = int(parts[1]) if len(parts) > 1 else 0
+            sentinel_kwargs = {k: v for k, v in common.items() if k.startswith("socket_")}
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                nodes, sentinel_kwargs=sentinel_kwargs, **common
+            )
+            master = sentinel.master_for(
+                service,
+                db=db,
+                username=user,
+                password=password,
+                ssl=scheme.startswith("rediss"),
+                **common,
+            )
+            return cls(
+                master,
+                key_prefix=key_prefix,
+                timeout=timeout,
+                extra_closables=list(sentinel.sentinels),
+            )
+        if scheme in ("redis+cluster", "rediss+cluster"):
+            nodes, user, password, _ = _split_multi_host(url)
+            cluster = RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+                username=user,
+                password=password,
+                ssl=scheme.startswith("rediss"),
+                **common,
+            )
+            return cls(cluster, key_prefix=key_prefix, timeout=timeout)
+        raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
+
+    # --- plumbing ---------------------------------------------------------------
+
+    def _full(self, namespace: str, key: str) -> str:
+        return f"{self._prefix}{namespace}:{key}"
+
+    async def _run(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await op()
+        except _FAULTS as exc:
+            # The message names the operation and the error class only: never a key
+            # or value (they may be secrets' hashes, but logs need neither).
+            raise StoreUnavailable(f"redis {what}: {type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _ms(ttl: float) -> int:
+        if ttl <= 0:
+            raise ValueError("ttl must be > 0")
+        return max(1, math.ceil(ttl * 1000))
+
+    # --- values -----------------------------------------------------------------
+
+    async def get(self, namespace: str, key: str) -> bytes | None:
+        full = self._full(namespace, key)
+        value = await self._run("get", lambda: self._client.get(full))
+        return _as_bytes(value)
+
+    async def set(self, namespace: str, key: str, value: bytes, ttl: float) -> None:
+        full, ms = self._full(namespace, key), self._ms(ttl)
+        await self._run("set", lambda: self._client.set(full, value, px=ms))
+
+    async def take(self, namespace: str, key: str) -> bytes | None:
+        full = self._full(namespace, key)
+        value = await self._run("take", lambda: self._client.getdel(full))
+        return _as_bytes(value)
+
+    async def delete(self, namespace: str, key: str) -> None:
+        full = self._full(namespace, key)
+        await self._run("delete", lambda: self._client.delete(full))
+
+    # --- indexes ----------------------------------------------------------------
+
+    async def index_add(self, namespace: str, key: str, member: str, ttl: float) -> None:
+        full, ms = self._full(namespace, key), self._ms(ttl)
+        await self._run(
+            "index_add",
+            lambda: _awaitable(self._client.eval(_INDEX_ADD, 1, full, member, str(ms))),
+        )
+
+    async def index_pop_all(self, namespace: str, key: str) -> list[str]:
+        full = self._full(namespace, key)
+        members = await self._run(
+            "index_pop_all", lambda: _awaitable(self._client.eval(_INDEX_POP_ALL, 1, full))
+        )
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members or [])
+
+    # --- invalidation pub/sub ---------------------------------------------------
+
+    async def publish_invalidation(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        message = json.dumps(list(keys))
+        await self._run("publish", lambda: self._client.publish(self._channel, message))
+
+    async def subscribe_invalidations(self, callback: InvalidationCallback) -> None:
+        """Register `callback` and return once the listener is subscribed.
+
+        Raises StoreUnavailable when it cannot subscribe within the deadline; the
+        callback stays registered and the listener keeps retrying in the background,
+        so a caller may carry on (and need not call again)."""
+        if callback not in self._callbacks:
+            self._callbacks.append(callback)
+        if self._listener is None or self._listener.done():
+            self._closing = False
+            self._listener = asyncio.create_task(self._listen(), name="redis-invalidations")
+        try:
+            async with asyncio.timeout(self._deadline + self._timeout):
+                await self._subscribed.wait()
+        except TimeoutError as exc:
+            raise StoreUnavailable("redis subscribe: not subscribed yet; retrying") from exc
+
+    async def _listen(self) -> None:
+        backoff = _BACKOFF_START
+        while not self._closing:
+            pubsub: Any = None
+            try:
+                if isinstance(self._client, RedisCluster):
+                    # ClusterPubSub picks its node from the slot map, which must be
+                    # loaded first (a fresh client has none: KeyError otherwise).
+                    async with asyncio.timeout(self._deadline):
+                        await self._client.initialize()
+                pubsub = self._client.pubsub()
+                await self._subscribe(pubsub)
+                if backoff > _BACKOFF_START:
+                    _log.info("invalidation listener re-subscribed")
+                self._subscribed.set()
+                backoff = _BACKOFF_START
+                idle = 0
+                while True:
+                    msg = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=_LISTENER_POLL
+                    )
+                    if msg is None:
+                        idle += 1
+                        if idle >= _LISTENER_PING_EVERY:
+                            idle = 0
+                            async with asyncio.timeout(self._deadline):
+                                await pubsub.ping()
+                        continue
+                    if msg.get("type") == "message":
+                        await self._dispatch(msg.get("data"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The listener must outlive any fault: log, back off, re-subscribe.
+                self._subscribed.clear()
+                if not self._closing:
+                    _log.warning(
+                        "invalidation listener lost Redis (%s); retrying in %.2fs",
+                        type(exc).__name__,
+                        backoff,
+                    )
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(pubsub.aclose(), self._timeout)
+            if self._closing:
+                break
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    async def _subscribe(self, pubsub: Any) -> None:
+        """Subscribe and wait for Redis to confirm it (so a publish right after
+        `subscribe_invalidations` returns is not missed)."""
+        async with asyncio.timeout(self._deadline + self._timeout):
+            await pubsub.subscribe(self._channel)
+            while True:
+                msg = await pubsub.get_message(timeout=self._timeout)
+                if msg is not None and msg.get("type") == "subscribe":
+                    return
+                if msg is not None and msg.get("type") == "message":
+                    await self._dispatch(msg.get("data"))
+
+    async def _dispatch(self, data: Any) -> None:
+        try:
+            keys = json.loads(data)
+        except (TypeError, ValueError):
+            _log.warning("ignored a malformed invalidation message")
+            return
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            _log.warning("ignored a malformed invalidation message")
+            return
+        for callback in list(self._callbacks):
+            try:
+                result = callback(keys)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                _log.exception("invalidation callback failed")
+
+    # --- health / lifecycle -----------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._run("ping", lambda: _awaitable(self._client.ping()))
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+            self._listener = None
+        self._subscribed.clear()
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+        for extra in self._extra_closables:
+            with contextlib.suppress(Exception):
+                await extra.aclose()
+
+
+def _as_bytes(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+async def _awaitable(value: Any) -> Any:
+    """redis-py types some commands as `Awaitable[X] | X`; on the asyncio client they
+    are always awaitable."""
+    return await value if inspect.isawaitable(value) else value
+
+
+def _split_multi_host(url: str) -> tuple[list[tuple[str, int]], str | None, str | None, str]:
+    """Split `scheme://[user:pass@]h:p,h:p/path` (urlsplit cannot parse the host list)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    user: str | None = None
+    password: str | None = None
+    if "@" in netloc:
+        userinfo, netloc = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            raw_user, raw_pass = userinfo.split(":", 1)
+            user, password = unquote(raw_user) or None, unquote(raw_pass)
+        else:
+            user = unquote(userinfo) or None
+    nodes: list[tuple[str, int]] = []
+    for item in netloc.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("["):  # [ipv6]:port
+            host, _, rest = item[1:].partition("]")
+            port = rest.lstrip(":")
+        else:
+            host, _, port = item.rpartition(":")
+            if not host:
+                host, port = item, ""
+        default = 26379 if "sentinel" in parts.scheme else 6379
+        nodes.append((host, int(port) if port else default))
+    if not nodes:
+        raise ValueError("Redis URL names no host")
+    return nodes, user, password, parts.path
+
+
+def _check(store: RedisStore) -> ByteStore:  # mypy: RedisStore satisfies the port
+    return store

@@ -1,0 +1,384 @@
+"""The repositories the service keeps its state in: sessions, cached credentials and
+login states, each sealed before it reaches the ByteStore (SPEC §5 "Cache", §6, §8).
+
+What is stored where (namespaces from `ext_authz.ports.Namespace`):
+
+    session        SESSION     sha256(cookie value)            cookie value, b"session"
+    per-sub index  SUB_INDEX   hmac(secret, "sub", app, sub)   (set of session keys)
+    credential     CREDENTIAL  hmac(secret, app, header)       header value, b"credential"
+    login state    LOGIN       hmac(secret, "login", state)    state, b"login"
+
+(columns: record, namespace, store key, sealed with: HKDF material and context)
+
+The server `secret` is also the HKDF salt of every seal, so a store copy alone does
+not allow offline guessing of a weak Basic password against a cached credential.
+Consequence: rotating `secret` ends every session and empties every cache.
+
+Every key gets a TTL: the session's and index's = time until the session expires,
+the credential's = the caller's ttl (already bounded by the token's exp), the login
+state's = 10 minutes. Expiry is checked again on read against the wall clock.
+
+Faults (SPEC §8): a session or credential seen within `local_ttl` is answered from
+the in-process cache even while the store is down; otherwise reads raise
+`StoreUnavailable` and the service answers 503 (sessions) or verifies against the IdP
+(credentials). Writes raise `StoreUnavailable`; the service logs it and carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ext_authz.core.model import Identity
+from ext_authz.crypto import (
+    credential_cache_key,
+    hmac_hex,
+    new_session_id,
+    open_sealed,
+    seal,
+    session_key_id,
+)
+from ext_authz.local_cache import LocalCache
+from ext_authz.ports import ByteStore, Namespace
+
+__all__ = [
+    "CachedCredential",
+    "CredentialCache",
+    "LoginStateRepository",
+    "SessionRecord",
+    "SessionRepository",
+]
+
+_FORMAT = 1
+# A cookie or state longer than this is not one of ours: do not even hash it.
+_MAX_TOKEN_LEN = 512
+_SESSION = b"session"
+_CREDENTIAL = b"credential"
+_LOGIN = b"login"
+
+
+def _dumps(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def _loads(plaintext: bytes | None) -> dict[str, Any] | None:
+    if plaintext is None:
+        return None
+    try:
+        data = json.loads(plaintext)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("v") != _FORMAT:
+        return None
+    return data
+
+
+# --- sessions -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A session as stored. `key` is the store key (sha256 of the cookie value); the
+    cookie value itself is never kept anywhere server-side."""
+
+    app: str
+    identity: Identity
+    created_at: float
+    expires_at: float
+    key: str
+
+
+class SessionRepository:
+    def __init__(
+        self,
+        store: ByteStore,
+        *,
+        secret: bytes,
+        local_ttl: float,
+        clock_wall: Callable[[], float] = time.time,
+        clock_mono: Callable[[], float] = time.monotonic,
+        local_max_entries: int = 10_000,
+    ) -> None:
+        self._store = store
+        self._secret = secret
+        self._wall = clock_wall
+        self._local: LocalCache[str, SessionRecord] = LocalCache(
+            local_ttl, max_entries=local_max_entries, clock=clock_mono
+        )
+
+    def _sub_key(self, app: str, sub: str) -> str:
+        return hmac_hex(self._secret, "sub", app, sub)
+
+    async def create(self, app: str, identity: Identity, expires_at: float) -> str:
+        """Store a new session; return its cookie value (the only copy of it).
+
+        ValueError when `expires_at` is not in the future."""
+        now = self._wall()
+        ttl = expires_at - now
+        if ttl <= 0:
+            raise ValueError("session would already be expired")
+        cookie_value = new_session_id()
+        key = session_key_id(cookie_value)
+        blob = seal(
+            cookie_value.encode("utf-8"),
+            _dumps(
+                {
+                    "v": _FORMAT,
+                    "app": app,
+                    "identity": identity.to_dict(),
+                    "created_at": now,
+                    "expires_at": expires_at,
+                }
+            ),
+            context=_SESSION,
+            salt=self._secret,
+        )
+        # Index first: an index entry without its session is harmless, a session
+        # missing from its index would survive "sign out everywhere".
+        await self._store.index_add(Namespace.SUB_INDEX, self._sub_key(app, identity.sub), key, ttl)
+        await self._store.set(Namespace.SESSION, key, blob, ttl)
+        record = SessionRecord(app, identity, now, expires_at, key)
+        self._local.put(key, record, ttl)
+        return cookie_value
+
+    async def get(self, app: str, cookie_value: str) -> SessionRecord | None:
+        """The live session of `app` for this cookie value, or None.
+
+        Raises StoreUnavailable only when the store is down and this replica has not
+        seen the session within `local_ttl`."""
+        if not cookie_value or len(cookie_value) > _MAX_TOKEN_LEN:
+            return None
+        key = session_key_id(cookie_value)
+        now = self._wall()
+        cached = self._local.get(key)
+        if cached is not None:
+            if cached.expires_at <= now:
+                self._local.delete(key)
+                return None
+            return cached if cached.app == app else None
+        blob = await self._store.get(Namespace.SESSION, key)
+        if blob is None:
+            return None
+        data = _loads(
+            open_sealed(cookie_value.encode("utf-8"), blob, context=_SESSION, salt=self._secret)
+        )
+        record = _session_from(data, key)
+        if record is None or record.expires_at <= now:
+            return None
+        self._local.put(key, record, record.expires_at - now)
+        return record if record.app == app else None
+
+    async def end(self, cookie_value: str) -> None:
+        """End one session (its index entry expires by itself)."""
+        if not cookie_value or len(cookie_value) > _MAX_TOKEN_LEN:
+            return
+        key = session_key_id(cookie_value)
+        self._local.delete(key)
+        await self._store.delete(Namespace.SESSION, key)
+        await self._store.publish_invalidation([key])
+
+    async def end_all_for(self, app: str, sub: str) -> int:
+        """End every session of `sub` in `app`, on every replica; return how many
+        were still live."""
+        keys = await self._store.index_pop_all(Namespace.SUB_INDEX, self._sub_key(app, sub))
+        ended = 0
+        for key in keys:
+            self._local.delete(key)
+            if await self._store.take(Namespace.SESSION, key) is not None:
+                ended += 1
+        if keys:
+            await self._store.publish_invalidation(keys)
+        return ended
+
+    async def start_invalidation_listener(self) -> None:
+        """Drop sessions ended on other replicas from this one's local cache.
+
+        Raises StoreUnavailable when not subscribed yet; the store keeps trying."""
+        await self._store.subscribe_invalidations(self._on_invalidation)
+
+    def _on_invalidation(self, keys: list[str]) -> None:
+        for key in keys:
+            self._local.delete(key)
+
+    def forget_local(self) -> None:
+        """Empty the in-process cache (tests, and after a long disconnect)."""
+        self._local.clear()
+
+
+def _session_from(data: dict[str, Any] | None, key: str) -> SessionRecord | None:
+    if data is None:
+        return None
+    try:
+        return SessionRecord(
+            app=str(data["app"]),
+            identity=Identity.from_dict(data["identity"]),
+            created_at=float(data["created_at"]),
+            expires_at=float(data["expires_at"]),
+            key=key,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+# --- credential cache -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CachedCredential:
+    """What a replica learnt about a credential: `ok` with its identity, or
+    `rejected` with a reason (for logs; never the credential itself)."""
+
+    verdict: Literal["ok", "rejected"]
+    identity: Identity | None = None
+    reason: str = ""
+    expires_at: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == "ok"
+
+
+class CredentialCache:
+    """Verified and rejected credentials, shared by all replicas (SPEC §5 "Cache").
+
+    `get` raises StoreUnavailable when the store is down and the local cache has
+    nothing: the caller then verifies against the IdP (and should not fail the
+    request). `put_*` raise StoreUnavailable: the caller logs it and carries on.
+    """
+
+    def __init__(
+        self,
+        store: ByteStore,
+        *,
+        secret: bytes,
+        local_ttl: float,
+        clock_wall: Callable[[], float] = time.time,
+        clock_mono: Callable[[], float] = time.monotonic,
+        local_max_entries: int = 10_000,
+    ) -> None:
+        self._store = store
+        self._secret = secret
+        self._wall = clock_wall
+        self._local: LocalCache[str, CachedCredential] = LocalCache(
+            local_ttl, max_entries=local_max_entries, clock=clock_mono
+        )
+
+    async def get(self, app: str, header_value: str) -> CachedCredential | None:
+        key = credential_cache_key(self._secret, app, header_value)
+        now = self._wall()
+        cached = self._local.get(key)
+        if cached is not None:
+            if cached.expires_at > now:
+                return cached
+            self._local.delete(key)
+        blob = await self._store.get(Namespace.CREDENTIAL, key)
+        if blob is None:
+            return None
+        data = _loads(
+            open_sealed(header_value.encode("utf-8"), blob, context=_CREDENTIAL, salt=self._secret)
+        )
+        entry = _credential_from(data, app)
+        if entry is None or entry.expires_at <= now:
+            return None
+        identity_exp = entry.identity.expires_at if entry.identity is not None else None
+        if identity_exp is not None and identity_exp <= now:
+            return None
+        self._local.put(key, entry, entry.expires_at - now)
+        return entry
+
+    async def put_verified(
+        self, app: str, header_value: str, identity: Identity, ttl: float
+    ) -> None:
+        """Cache a verified credential for `ttl` seconds (the caller bounds it by the
+        token's exp); nothing happens when ttl <= 0."""
+        await self._put(app, header_value, CachedCredential("ok", identity=identity), ttl)
+
+    async def put_rejected(self, app: str, header_value: str, reason: str, ttl: float) -> None:
+        await self._put(app, header_value, CachedCredential("rejected", reason=reason), ttl)
+
+    async def _put(self, app: str, header_value: str, entry: CachedCredential, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        key = credential_cache_key(self._secret, app, header_value)
+        expires_at = self._wall() + ttl
+        entry = CachedCredential(entry.verdict, entry.identity, entry.reason, expires_at)
+        # Locally first: if the store is down, this replica still avoids asking the
+        # IdP again for the same credential.
+        self._local.put(key, entry, ttl)
+        payload = {
+            "v": _FORMAT,
+            "app": app,
+            "verdict": entry.verdict,
+            "identity": entry.identity.to_dict() if entry.identity is not None else None,
+            "reason": entry.reason,
+            "expires_at": expires_at,
+        }
+        blob = seal(
+            header_value.encode("utf-8"), _dumps(payload), context=_CREDENTIAL, salt=self._secret
+        )
+        await self._store.set(Namespace.CREDENTIAL, key, blob, ttl)
+
+
+def _credential_from(data: dict[str, Any] | None, app: str) -> CachedCredential | None:
+    if data is None or data.get("app") != app:
+        return None
+    try:
+        verdict = data["verdict"]
+        expires_at = float(data["expires_at"])
+        if verdict == "ok":
+            return CachedCredential("ok", Identity.from_dict(data["identity"]), "", expires_at)
+        if verdict == "rejected":
+            return CachedCredential("rejected", None, str(data.get("reason") or ""), expires_at)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
+# --- login states ---------------------------------------------------------------
+
+
+class LoginStateRepository:
+    """Single-use login states (SPEC §6 "Start" / "Callback"): `take` consumes the
+    record atomically in the store, so a replayed callback finds nothing, on any
+    replica. No local cache on purpose."""
+
+    def __init__(
+        self,
+        store: ByteStore,
+        *,
+        secret: bytes,
+        clock_wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._secret = secret
+        self._wall = clock_wall
+
+    def _key(self, state: str) -> str:
+        return hmac_hex(self._secret, "login", state)
+
+    async def put(self, state: str, record: Mapping[str, Any], ttl: float = 600.0) -> None:
+        """Store a JSON-serialisable `record` under `state` for `ttl` seconds."""
+        payload = {"v": _FORMAT, "record": dict(record), "expires_at": self._wall() + ttl}
+        blob = seal(state.encode("utf-8"), _dumps(payload), context=_LOGIN, salt=self._secret)
+        await self._store.set(Namespace.LOGIN, self._key(state), blob, ttl)
+
+    async def take(self, state: str) -> dict[str, Any] | None:
+        """The record, once; None when absent, expired, already taken or tampered."""
+        if not state or len(state) > _MAX_TOKEN_LEN:
+            return None
+        blob = await self._store.take(Namespace.LOGIN, self._key(state))
+        if blob is None:
+            return None
+        data = _loads(open_sealed(state.encode("utf-8"), blob, context=_LOGIN, salt=self._secret))
+        if data is None or not isinstance(data.get("record"), dict):
+            return None
+        try:
+            if float(data["expires_at"]) <= self._wall():
+                return None
+        except (KeyError, TypeError, ValueError):
+            return None
+        record: dict[str, Any] = data["record"]
+        return record
