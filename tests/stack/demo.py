@@ -72,7 +72,26 @@ BOB = DemoUser(
     groups=("devs",),
     tokens=("bob-static-token",),
 )
-USERS: tuple[DemoUser, ...] = (ALICE, BOB)
+# Carol sets both upstream attributes herself (they override her groups'), is in two
+# groups, and asks for an extra upstream header (one that may not override ours).
+CAROL = DemoUser(
+    username="carol",
+    email="carol@example.com",
+    name="Carol Example",
+    idp_password="carol-idp-password",
+    app_password="carol-app-password",
+    groups=("devs", "admins"),
+    attributes={
+        "app_username": "carol-upstream",
+        "app_password": "pässwörd:with:colons",
+        "additionalHeaders": {
+            "X-Team": "blue",
+            "Authorization": "Basic ZXZpbDpldmls",
+            "X-authentik-username": "root",
+        },
+    },
+)
+USERS: tuple[DemoUser, ...] = (ALICE, BOB, CAROL)
 BOB_STATIC_TOKEN = "bob-static-token"
 
 OIDC_CLIENT_ID = "whoami-oidc"
@@ -256,9 +275,20 @@ class LoopbackTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
-        if host == "localhost" or host.endswith(".localhost"):
-            request.url = request.url.copy_with(host="127.0.0.1")
-        return self._inner.handle_request(request)
+        if not (host == "localhost" or host.endswith(".localhost")):
+            return self._inner.handle_request(request)
+        # Send a copy to 127.0.0.1, but answer with the original request attached:
+        # the cookie jar files cookies under response.request's host.
+        rewritten = httpx.Request(
+            request.method,
+            request.url.copy_with(host="127.0.0.1"),
+            headers=request.headers,
+            stream=request.stream,
+            extensions=request.extensions,
+        )
+        response = self._inner.handle_request(rewritten)
+        response.request = request
+        return response
 
     def close(self) -> None:
         self._inner.close()

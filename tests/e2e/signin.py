@@ -1,0 +1,62 @@
+"""Driving the browser sign-in with httpx, as a browser would: through Envoy to the
+IdP's login and consent forms and back to the callback. Shared by the sign-in tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import httpx
+
+from tests.stack.demo import DemoUser, Stack
+
+HTML = {"Accept": "text/html"}
+
+
+@dataclass
+class SignIn:
+    client: httpx.Client
+    authorize_url: str
+    callback_url: str
+    final: httpx.Response  # the callback's answer (302 to the return URL)
+
+
+def authorize_params(location: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+def sign_in(
+    stack: Stack,
+    user: DemoUser,
+    path: str = "/page",
+    client: httpx.Client | None = None,
+) -> SignIn:
+    """Open a protected page, sign in at the IdP, and stop at the callback's answer."""
+    assert stack.idp is not None
+    browser = client or stack.client()
+    first = browser.get(stack.url("app", path), headers=HTML)
+    assert first.status_code == 302, (first.status_code, first.text)
+    authorize = first.headers["location"]
+    assert authorize.startswith(stack.idp.issuer)
+    url = authorize
+    for _ in range(20):
+        if not url.startswith(stack.idp.issuer):
+            break
+        page = browser.get(url)
+        if page.status_code in (302, 303):
+            url = urljoin(url, page.headers["location"])
+            continue
+        assert page.status_code == 200, (page.status_code, page.text[:300])
+        if 'name="login"' in page.text:
+            answer = browser.post(
+                url, data={"prompt": "login", "login": user.username, "password": user.idp_password}
+            )
+        else:
+            answer = browser.post(url, data={"prompt": "consent"})
+        assert answer.status_code in (302, 303), (answer.status_code, answer.text[:300])
+        url = urljoin(url, answer.headers["location"])
+    else:
+        raise AssertionError("the IdP never sent the browser back")
+    callback = url
+    final = browser.get(callback, headers=HTML)
+    return SignIn(client=browser, authorize_url=authorize, callback_url=callback, final=final)

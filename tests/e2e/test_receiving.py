@@ -1,0 +1,295 @@
+"""Receiving header authentication through real Envoy, redis-server and the IdP.
+
+Application `app` of the demo world verifies Basic authentik-style (app passwords at
+the IdP's token endpoint) and Bearer tokens as JWTs or by introspection.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_lib
+
+from tests.stack.demo import (
+    ALICE,
+    BOB,
+    OIDC_CLIENT_ID,
+    OTHER_CLIENT_ID,
+    Stack,
+    build_idp,
+)
+from tests.stack.echo import EchoServer
+from tests.stack.idp import IdP
+from tests.stack.proc import free_port
+from tests.stack.redis import RedisServer
+
+pytestmark = pytest.mark.e2e
+
+COOKIE_NAME = re.compile(r"^authentik_proxy_[0-9a-f]{8}$")
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def echoed(response: Any) -> dict[str, list[str]]:
+    assert response.status_code == 200, (response.status_code, response.text)
+    headers: dict[str, list[str]] = json.loads(response.text)["headers"]
+    return headers
+
+
+def session_cookie(response: Any) -> tuple[str, str, str]:
+    """(name, value, the whole Set-Cookie line) of the session cookie."""
+    for line in response.headers.get_list("set-cookie"):
+        name, _, rest = line.partition("=")
+        if COOKIE_NAME.match(name):
+            return name, rest.split(";", 1)[0], line
+    raise AssertionError(f"no session cookie in {response.headers.get_list('set-cookie')}")
+
+
+def token_requests(idp: IdP) -> int:
+    return idp.stats().get("token:client_credentials", 0)
+
+
+@pytest.fixture
+def shared(make_stack: Any) -> Stack:
+    """Two replicas sharing one Redis."""
+    stack: Stack = make_stack(replicas=2, store="redis")
+    return stack
+
+
+def test_app_password_allows_and_its_cookie_works_on_the_other_replica(make_stack: Any) -> None:
+    stack: Stack = make_stack(replicas=2, store="redis", fresh=True)
+    first = stack.get(
+        "app", "/", headers={"Authorization": basic(ALICE.username, ALICE.app_password)}
+    )
+    headers = echoed(first)
+    assert headers["x-authentik-username"] == ["alice"]
+    assert headers["x-authentik-groups"] == ["admins"]
+    assert headers["x-authentik-meta-provider"] == [OIDC_CLIENT_ID]
+    assert headers["x-authentik-jwt"][0].count(".") == 2  # the raw JWT
+    assert "authorization" not in headers
+    name, value, line = session_cookie(first)
+    assert "HttpOnly" in line and "SameSite=Lax" in line and "Path=/" in line
+    assert "Secure" not in line  # external_host is http
+
+    # Stop the replica that created it: the cookie alone must work on the other one.
+    stack.replicas[0].stop()
+    for _ in range(3):
+        again = stack.get("app", "/next", headers={"Cookie": f"{name}={value}"})
+        assert echoed(again)["x-authentik-username"] == ["alice"]
+        assert not session_cookie_lines(again)
+
+
+def session_cookie_lines(response: Any) -> list[str]:
+    return [
+        c for c in response.headers.get_list("set-cookie") if COOKIE_NAME.match(c.split("=")[0])
+    ]
+
+
+@pytest.mark.parametrize(
+    ("authorization", "invalid_token"),
+    [
+        pytest.param(basic("alice", "wrong-password"), False, id="wrong-password"),
+        pytest.param("Basic not*base64", False, id="malformed-basic"),
+        pytest.param("Basic " + base64.b64encode(b"no-colon").decode(), False, id="no-colon"),
+        pytest.param("Digest username=alice", False, id="unknown-scheme"),
+        pytest.param("Bearer", True, id="empty-bearer"),  # HTTP strips trailing OWS
+        pytest.param("Bearer not-a-token-anyone-issued", True, id="unknown-bearer"),
+    ],
+)
+def test_invalid_header_is_401_when_intercepting(
+    shared: Stack, authorization: str, invalid_token: bool
+) -> None:
+    response = shared.get(
+        "app", "/", headers={"Authorization": authorization, "Accept": "application/json"}
+    )
+    assert response.status_code == 401
+    challenges = response.headers.get_list("www-authenticate")
+    assert 'Basic realm="app"' in challenges
+    bearer = [c for c in challenges if c.startswith("Bearer")]
+    assert bearer == [
+        'Bearer realm="app", error="invalid_token"' if invalid_token else 'Bearer realm="app"'
+    ]
+    assert response.json()["error"] in ("invalid_token", "unauthorized")
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_without_intercept_invalid_header_is_ignored(make_stack: Any) -> None:
+    stack: Stack = make_stack(
+        store="redis", config_overrides={"applications": {"app": {"intercept_header_auth": False}}}
+    )
+    wrong = basic(ALICE.username, "wrong-password")
+    login = stack.get("app", "/page", headers={"Authorization": wrong, "Accept": "text/html"})
+    assert login.status_code == 302
+    assert login.headers["location"].startswith(stack.idp.issuer)  # type: ignore[union-attr]
+
+    # With a valid session the request passes, and the header reaches the upstream untouched.
+    good = stack.get(
+        "app", "/", headers={"Authorization": basic(ALICE.username, ALICE.app_password)}
+    )
+    name, value, _ = session_cookie(good)
+    passed = stack.get("app", "/", headers={"Authorization": wrong, "Cookie": f"{name}={value}"})
+    assert echoed(passed)["authorization"] == [wrong]
+
+
+def test_jwt_access_tokens_are_checked_for_audience(shared: Stack) -> None:
+    idp = shared.idp
+    assert idp is not None
+    token = idp.mint_access_token(OIDC_CLIENT_ID, "bob", fmt="jwt")
+    ok = shared.get("app", "/", headers={"Authorization": f"Bearer {token}"})
+    assert echoed(ok)["x-authentik-username"] == ["bob"]
+
+    other = idp.mint_access_token(OTHER_CLIENT_ID, "bob", fmt="jwt")
+    denied = shared.get("app", "/", headers={"Authorization": f"Bearer {other}"})
+    assert denied.status_code == 401
+    assert 'error="invalid_token"' in " ".join(denied.headers.get_list("www-authenticate"))
+
+
+def test_alg_none_token_is_rejected(shared: Stack) -> None:
+    assert shared.idp is not None
+
+    def b64(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    forged = (
+        b64({"alg": "none", "typ": "JWT"})
+        + "."
+        + b64(
+            {
+                "iss": shared.idp.issuer,
+                "aud": OIDC_CLIENT_ID,
+                "sub": "alice",
+                "preferred_username": "alice",
+                "exp": 4_102_444_800,
+            }
+        )
+        + "."
+    )
+    response = shared.get("app", "/", headers={"Authorization": f"Bearer {forged}"})
+    assert response.status_code == 401
+    assert 'Bearer realm="app", error="invalid_token"' in response.headers.get_list(
+        "www-authenticate"
+    )
+
+
+def test_opaque_token_via_introspection_and_token_login(shared: Stack) -> None:
+    assert shared.idp is not None
+    opaque = shared.idp.mint_access_token(OIDC_CLIENT_ID, "alice", fmt="opaque")
+    assert opaque.count(".") == 0
+    ok = shared.get("app", "/", headers={"Authorization": f"Bearer {opaque}"})
+    assert echoed(ok)["x-authentik-username"] == ["alice"]
+
+    # authentik's reserved username sends the password down the Bearer path.
+    other = shared.idp.mint_access_token(OIDC_CLIENT_ID, "bob", fmt="opaque")
+    via_basic = shared.get(
+        "app", "/", headers={"Authorization": basic("goauthentik.io/token", other)}
+    )
+    assert echoed(via_basic)["x-authentik-username"] == ["bob"]
+
+
+def metric(stack_replica: Any, name: str) -> float:
+    import httpx
+
+    text = httpx.get(f"{stack_replica.http_url}/metrics", timeout=5).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_twelve_requests_over_two_replicas_ask_the_idp_once(shared: Stack) -> None:
+    idp = shared.idp
+    assert idp is not None
+    before = token_requests(idp)
+    checks_before = [metric(r, "ext_authz_checks_total") for r in shared.replicas]
+    credentials = basic(BOB.username, BOB.app_password)
+    for i in range(12):
+        response = shared.get("app", f"/n/{i}", headers={"Authorization": credentials})
+        assert echoed(response)["x-authentik-username"] == ["bob"]
+    assert token_requests(idp) - before == 1
+    served = [
+        metric(r, "ext_authz_checks_total") - b
+        for r, b in zip(shared.replicas, checks_before, strict=True)
+    ]
+    assert all(n > 0 for n in served), f"both replicas answered: {served}"
+
+
+def test_store_holds_nothing_in_clear(make_stack: Any, redis_server: RedisServer) -> None:
+    stack: Stack = make_stack(store="redis", fresh=True)
+    prefix = stack.config["store"]["key_prefix"]
+    response = stack.get(
+        "app", "/", headers={"Authorization": basic(ALICE.username, ALICE.app_password)}
+    )
+    headers = echoed(response)
+    _, cookie_value, _ = session_cookie(response)
+    token = headers["x-authentik-jwt"][0]
+    client = redis_lib.Redis(port=redis_server.port)
+    dump = b""
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    assert len(keys) >= 3  # a session, its per-sub index, the credential cache entry
+    for key in keys:
+        assert client.pttl(key) > 0, key
+        kind = client.type(key)
+        dump += key
+        if kind == b"string":
+            dump += client.get(key) or b""
+        elif kind == b"set":
+            dump += b"".join(client.smembers(key))
+    for secret in (
+        cookie_value,
+        token,
+        ALICE.app_password,
+        "s3cret",
+        "alice@example.com",
+        "Alice Example",
+        "admins",
+    ):
+        assert secret.encode() not in dump, f"{secret!r} found in the store"
+
+
+@pytest.fixture
+def private_idp_stack(
+    workdir: Path, echo_server: EchoServer, redis_server: RedisServer
+) -> Iterator[tuple[Stack, IdP]]:
+    """A stack with an IdP of its own, so the test may stop it."""
+    port = free_port()
+    idp = build_idp(workdir / "idp-outage", [port])
+    idp.start()
+    stack = Stack(
+        workdir=workdir / "idp-outage-stack",
+        echo=echo_server,
+        envoy_port=port,
+        idp=idp,
+        store_url=redis_server.url,
+        redis=redis_server,
+        key_prefix="ext-authz-idp-outage:",
+        name="idp-outage",
+    )
+    try:
+        stack.start()
+        yield stack, idp
+    finally:
+        stack.stop()
+        idp.stop()
+
+
+def test_idp_down_fresh_credentials_503_cached_still_200(
+    private_idp_stack: tuple[Stack, IdP],
+) -> None:
+    stack, idp = private_idp_stack
+    cached = basic(ALICE.username, ALICE.app_password)
+    assert stack.get("app", "/", headers={"Authorization": cached}).status_code == 200
+    idp.stop()
+    fresh = stack.get("app", "/", headers={"Authorization": basic(BOB.username, BOB.app_password)})
+    assert fresh.status_code == 503
+    assert fresh.headers.get("retry-after")
+    again = stack.get("app", "/", headers={"Authorization": cached})
+    assert echoed(again)["x-authentik-username"] == ["alice"]
