@@ -1,0 +1,340 @@
+"""The one behaviour suite every ByteStore must pass (oauth2-proxy's
+session_store_tests idea): memory, Redis, Redis Cluster and Sentinel run the same
+tests through a small harness.
+
+Use: subclass `StoreBehaviour` in a test module (`class TestX(StoreBehaviour)`) and
+provide a function-scoped `harness` fixture returning a `StoreHarness` with a prefix
+unique to the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
+
+from ext_authz.ports import ByteStore, Namespace
+
+T = TypeVar("T")
+
+# (value, remaining TTL in seconds or None when the key has no TTL). Sets come back
+# as a frozenset of members.
+RawEntry = tuple[bytes | frozenset[str], float | None]
+
+ALL_NAMESPACES = (Namespace.SESSION, Namespace.SUB_INDEX, Namespace.CREDENTIAL, Namespace.LOGIN)
+
+
+class StoreHarness(Protocol):
+    prefix: str
+
+    def open(self, prefix: str | None = None) -> ByteStore:
+        """A new store object (think: another replica) over the same backend."""
+
+    async def raw_entries(self) -> dict[str, RawEntry]:
+        """Every key under `prefix`, as the backend holds it."""
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """No pytest-asyncio in this project: each test runs its own event loop."""
+    return asyncio.run(coro)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    *,
+    timeout: float = 5.0,
+    what: str = "condition",
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class StoreBehaviour:
+    """Subclasses get every test below; they only supply the `harness` fixture."""
+
+    # --- values ---------------------------------------------------------------------
+
+    def test_get_set_roundtrip_binary_values(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            store = harness.open()
+            try:
+                assert await store.get(Namespace.SESSION, "missing") is None
+                value = bytes(range(256)) + b"\x00end"
+                await store.set(Namespace.SESSION, "k", value, 30)
+                assert await store.get(Namespace.SESSION, "k") == value
+                await store.set(Namespace.SESSION, "k", b"second", 30)
+                assert await store.get(Namespace.SESSION, "k") == b"second"
+            finally:
+                await store.close()
+
+        run(body())
+
+    def test_value_expires_after_ttl(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            store = harness.open()
+            try:
+                await store.set(Namespace.SESSION, "short", b"v", 0.2)
+                await store.set(Namespace.SESSION, "long", b"v", 30)
+                assert await store.get(Namespace.SESSION, "short") == b"v"
+
+                async def gone() -> bool:
+                    return await store.get(Namespace.SESSION, "short") is None
+
+                await eventually(gone, timeout=3, what="short key to expire")
+                assert await store.get(Namespace.SESSION, "long") == b"v"
+                assert await store.take(Namespace.SESSION, "short") is None
+            finally:
+                await store.close()
+
+        run(body())
+
+    def test_values_visible_to_another_store_object(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            a, b = harness.open(), harness.open()
+            try:
+                await a.set(Namespace.CREDENTIAL, "shared", b"x", 30)
+                assert await b.get(Namespace.CREDENTIAL, "shared") == b"x"
+                await b.delete(Namespace.CREDENTIAL, "shared")
+                assert await a.get(Namespace.CREDENTIAL, "shared") is None
+            finally:
+                await a.close()
+                await b.close()
+
+        run(body())
+
+    def test_take_is_single_use(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            store = harness.open()
+            try:
+                assert await store.take(Namespace.LOGIN, "none") is None
+                await store.set(Namespace.LOGIN, "state", b"record", 30)
+                assert await store.take(Namespace.LOGIN, "state") == b"record"
+                assert await store.take(Namespace.LOGIN, "state") is None
+                assert await store.get(Namespace.LOGIN, "state") is None
+            finally:
+                await store.close()
+
+        run(body())
+
+    def test_concurrent_takes_exactly_one_wins(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            stores = [harness.open() for _ in range(4)]
+            try:
+                for round_ in range(5):
+                    key = f"race-{round_}"
+                    await stores[0].set(Namespace.LOGIN, key, b"prize", 30)
+                    results = await asyncio.gather(
+                        *(stores[i % len(stores)].take(Namespace.LOGIN, key) for i in range(24))
+                    )
+                    winners = [r for r in results if r is not None]
+                    assert winners == [b"prize"], results
+            finally:
+                for s in stores:
+                    await s.close()
+
+        run(body())
+
+    def test_delete(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            store = harness.open()
+            try:
+                await store.delete(Namespace.SESSION, "never-there")
+                await store.set(Namespace.SESSION, "k", b"v", 30)
+                await store.delete(Namespace.SESSION, "k")
+                assert await store.get(Namespace.SESSION, "k") is None
+            finally:
+                await store.close()
+
+        run(body())
+
+    def test_namespaces_and_prefixes_are_isolated(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            store = harness.open()
+            other = harness.open(prefix=harness.prefix + "other:")
+            try:
+                for i, ns in enumerate(ALL_NAMESPACES):
+                    await store.set(ns, "same", f"value-{i}".encode(), 30)
+                for i, ns in enumerate(ALL_NAMESPACES):
+                    assert await store.get(ns, "same") == f"value-{i}".encode()
+                assert await other.get(Namespace.SESSION, "same") is None
+                await other.set(Namespace.SESSION, "same", b"other", 30)
+                assert await store.get(Namespace.SESSION, "same") == b"value-0"
+                await store.delete(Namespace.SESSION, "same")
+                assert await store.get(Namespace.CREDENTIAL, "same") == b"value-2"
+                assert await other.get(Namespace.SESSION, "same") == b"other"
+            finally:
+                await store.close()
+                await other.close()
+
+        run(body())
+
+    # --- indexes --------------------------------------------------------------------
+
+    def test_index_add_and_pop_all(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            store = harness.open()
+            try:
+                assert await store.index_pop_all(Namespace.SUB_INDEX, "empty") == []
+                for member in ("s1", "s2", "s3", "s2"):
+                    await store.index_add(Namespace.SUB_INDEX, "alice", member, 30)
+                await store.index_add(Namespace.SUB_INDEX, "bob", "s9", 30)
+                assert sorted(await store.index_pop_all(Namespace.SUB_INDEX, "alice")) == [
+                    "s1",
+                    "s2",
+                    "s3",
+                ]
+                assert await store.index_pop_all(Namespace.SUB_INDEX, "alice") == []
+                assert await store.index_pop_all(Namespace.SUB_INDEX, "bob") == ["s9"]
+            finally:
+                await store.close()
+
+        run(body())
+
+    def test_index_expires_and_ttl_only_grows(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            store = harness.open()
+            try:
+                await store.index_add(Namespace.SUB_INDEX, "short", "m", 0.2)
+                # A later, longer ttl extends the set's life ...
+                await store.index_add(Namespace.SUB_INDEX, "grow", "m1", 0.2)
+                await store.index_add(Namespace.SUB_INDEX, "grow", "m2", 30)
+                # ... and a later, shorter one does not shrink it.
+                await store.index_add(Namespace.SUB_INDEX, "keep", "m1", 30)
+                await store.index_add(Namespace.SUB_INDEX, "keep", "m2", 0.2)
+
+                async def short_gone() -> bool:
+                    raw = await harness.raw_entries()
+                    return not any(k.endswith(f"{Namespace.SUB_INDEX}:short") for k in raw)
+
+                await eventually(short_gone, timeout=3, what="short index to expire")
+                await asyncio.sleep(0.1)  # the 0.2 s members were added after "short"
+                assert sorted(await store.index_pop_all(Namespace.SUB_INDEX, "grow")) == [
+                    "m1",
+                    "m2",
+                ]
+                assert sorted(await store.index_pop_all(Namespace.SUB_INDEX, "keep")) == [
+                    "m1",
+                    "m2",
+                ]
+                assert await store.index_pop_all(Namespace.SUB_INDEX, "short") == []
+            finally:
+                await store.close()
+
+        run(body())
+
+    # --- invalidation pub/sub -------------------------------------------------------
+
+    def test_invalidation_reaches_every_subscriber(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            publisher, listener = harness.open(), harness.open()
+            got_sync: list[list[str]] = []
+            got_async: list[list[str]] = []
+            got_self: list[list[str]] = []
+
+            async def async_cb(keys: list[str]) -> None:
+                got_async.append(keys)
+
+            try:
+                await listener.subscribe_invalidations(got_sync.append)
+                await listener.subscribe_invalidations(async_cb)
+                await publisher.subscribe_invalidations(got_self.append)
+                await publisher.publish_invalidation(["k1", "k2"])
+                await eventually(lambda: bool(got_sync and got_async and got_self), what="messages")
+                assert got_sync == [["k1", "k2"]]
+                assert got_async == [["k1", "k2"]]
+                assert got_self == [["k1", "k2"]]
+                await publisher.publish_invalidation([])  # nothing to say: no message
+                await publisher.publish_invalidation(["k3"])
+                await eventually(lambda: len(got_sync) == 2, what="second message")
+                assert got_sync[1] == ["k3"]
+            finally:
+                await publisher.close()
+                await listener.close()
+
+        run(body())
+
+    def test_invalidation_channel_is_per_prefix(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            mine = harness.open()
+            foreign = harness.open(prefix=harness.prefix + "foreign:")
+            got: list[list[str]] = []
+            try:
+                await mine.subscribe_invalidations(got.append)
+                await foreign.publish_invalidation(["theirs"])
+                await mine.publish_invalidation(["mine"])
+                await eventually(lambda: bool(got), what="own message")
+                await asyncio.sleep(0.1)
+                assert got == [["mine"]]
+            finally:
+                await mine.close()
+                await foreign.close()
+
+        run(body())
+
+    def test_a_failing_callback_does_not_stop_others(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            store = harness.open()
+            got: list[list[str]] = []
+
+            def broken(keys: list[str]) -> None:
+                raise RuntimeError("boom")
+
+            try:
+                await store.subscribe_invalidations(broken)
+                await store.subscribe_invalidations(got.append)
+                await store.publish_invalidation(["a"])
+                await store.publish_invalidation(["b"])
+                await eventually(lambda: len(got) == 2, what="both messages")
+            finally:
+                await store.close()
+
+        run(body())
+
+    # --- layout ---------------------------------------------------------------------
+
+    def test_every_key_has_the_prefix_and_a_ttl(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            store = harness.open()
+            try:
+                for ns in ALL_NAMESPACES:
+                    await store.set(ns, "k", b"v", 30)
+                await store.index_add(Namespace.SUB_INDEX, "idx", "member", 30)
+                raw = await harness.raw_entries()
+                expected = {f"{harness.prefix}{ns}:k" for ns in ALL_NAMESPACES}
+                expected.add(f"{harness.prefix}{Namespace.SUB_INDEX}:idx")
+                assert set(raw) == expected
+                for key, (_, ttl) in raw.items():
+                    assert ttl is not None and 0 < ttl <= 30, (key, ttl)
+                assert raw[f"{harness.prefix}{Namespace.SUB_INDEX}:idx"][0] == frozenset({"member"})
+            finally:
+                await store.close()
+
+        run(body())
+
+    def test_ping(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            store = harness.open()
+            try:
+                await store.ping()
+            finally:
+                await store.close()
+
+        run(body())
+
+    def test_close_is_idempotent(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            store = harness.open()
+            await store.subscribe_invalidations(lambda keys: None)
+            await store.close()
+            await store.close()
+
+        run(body())
