@@ -171,7 +171,13 @@ class CheckService:
             )
         )
         if isinstance(outcome, steps.StartLogin):
-            return await self._start_login(request, rt, outcome.return_to)
+            answer = await self._start_login(request, rt, outcome.return_to)
+            if outcome.expire_session:
+                expired = expire_cookie(
+                    app.cookie_name, secure=app.secure, domain=app.cookie_domain
+                )
+                answer = answer.with_headers(("set-cookie", expired))
+            return answer
         if isinstance(outcome, Allow) and outcome.create_session and outcome.identity:
             return await self._with_new_session(request, app, outcome, outcome.identity)
         return outcome

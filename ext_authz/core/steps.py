@@ -54,6 +54,7 @@ class StartLogin:
     answers 302 to the IdP (it needs the store and randomness)."""
 
     return_to: str
+    expire_session: bool = False  # the request carried a cookie that did not resolve
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +132,9 @@ def decide(facts: Facts) -> Allow | Deny | StartLogin:
         return _allow(facts, None, "skip", consumed=False, create_session=False)
 
     if isinstance(verdict, Unavailable):
-        return unavailable(
-            request, detail="identity provider unavailable", reason="idp_unavailable"
+        return _expiring(
+            facts,
+            unavailable(request, detail="identity provider unavailable", reason="idp_unavailable"),
         )
     if invalid and app.intercept_header_auth:
         rejected_token = method == "bearer"
@@ -152,7 +154,7 @@ def decide(facts: Facts) -> Allow | Deny | StartLogin:
         return _challenge(
             facts, invalid_token=False, detail="authentication required", reason="unauthenticated"
         )
-    return StartLogin(return_to=original_url(request, app))
+    return StartLogin(return_to=original_url(request, app), expire_session=facts.stale_cookie)
 
 
 def _method(credential: Credential | None) -> str:
@@ -176,8 +178,13 @@ def _challenge(facts: Facts, *, invalid_token: bool, detail: str, reason: str) -
         detail=detail,
         reason=reason,
     )
+    return _expiring(facts, deny)
+
+
+def _expiring(facts: Facts, deny: Deny) -> Deny:
+    """A cookie that did not resolve is expired in whatever answer the request gets."""
     if facts.stale_cookie:
-        deny = deny.with_headers(("set-cookie", _expire_session_cookie(app)))
+        return deny.with_headers(("set-cookie", _expire_session_cookie(facts.app)))
     return deny
 
 
