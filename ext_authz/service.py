@@ -17,11 +17,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from ext_authz.core import routing, steps
-from ext_authz.core.claims import identity_from_claims
+from ext_authz.core.claims import attributes_at, identity_from_claims
 from ext_authz.core.cookies import expire_cookie, get_cookie, session_cookie
 from ext_authz.core.credentials import (
     BasicCredential,
@@ -471,15 +471,13 @@ class CheckService:
         try:
             tokens = await rt.oidc.exchange_code(code, str(record["verifier"]), app.redirect_uri)
             claims = await rt.oidc.verify_id_token(tokens.id_token, nonce=str(record["nonce"]))
-            if _dotted(claims, app.oidc.attributes_claim if app.oidc else "") is None and (
-                tokens.access_token
-            ):
+            attributes_claim = app.oidc.attributes_claim if app.oidc else ""
+            if not attributes_at(claims, attributes_claim) and tokens.access_token:
+                # The id_token lacks the attributes: userinfo fills what is missing,
+                # provided it speaks of the same subject (OIDC Core §5.3.2).
                 extra = await rt.oidc.userinfo(tokens.access_token)
-                claims = {**extra, **claims}
-                if _dotted(claims, app.oidc.attributes_claim if app.oidc else "") is None:
-                    attrs = _dotted(extra, app.oidc.attributes_claim if app.oidc else "")
-                    if attrs is not None:
-                        claims = {**claims, **{k: v for k, v in extra.items() if k not in ("sub",)}}
+                if extra.get("sub") == claims.get("sub"):
+                    claims = {**extra, **claims}
         except IdPUnavailable:
             return error_page(
                 503,
@@ -599,13 +597,3 @@ class CheckService:
 
 def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
-
-
-def _dotted(data: Any, path: str) -> Any:
-    if not path:
-        return None
-    for part in path.split("."):
-        if not isinstance(data, dict) or part not in data:
-            return None
-        data = data[part]
-    return data

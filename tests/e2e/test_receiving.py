@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import redis as redis_lib
 from tests.stack.demo import (
     ALICE,
     BOB,
+    CAROL,
     OIDC_CLIENT_ID,
     OTHER_CLIENT_ID,
     Stack,
@@ -293,3 +295,37 @@ def test_idp_down_fresh_credentials_503_cached_still_200(
     assert fresh.headers.get("retry-after")
     again = stack.get("app", "/", headers={"Authorization": cached})
     assert echoed(again)["x-authentik-username"] == ["alice"]
+
+
+def test_redis_down_header_auth_still_verifies_without_a_session(
+    make_stack: Any, workdir: Path
+) -> None:
+    redis = RedisServer(workdir / "redis-header-auth")
+    redis.start()
+    try:
+        stack: Stack = make_stack(store=redis)
+        redis.stop()
+        response = stack.get(
+            "app", "/", headers={"Authorization": basic(CAROL.username, CAROL.app_password)}
+        )
+        assert echoed(response)["x-authentik-username"] == ["carol"]
+        assert not session_cookie_lines(response), "no session without a store"
+        # Directory credentials too (no IdP involved), on the other application.
+        directory = stack.get(
+            "whoami", "/", headers={"Authorization": basic(BOB.username, BOB.app_password)}
+        )
+        assert echoed(directory)["x-authentik-username"] == ["bob"]
+        # Without credentials there is nothing to verify: 401 as usual, not a crash.
+        assert stack.get("whoami", "/").status_code == 401
+        redis.start()
+        deadline = time.monotonic() + 10
+        while True:
+            again = stack.get(
+                "app", "/", headers={"Authorization": basic(ALICE.username, ALICE.app_password)}
+            )
+            if session_cookie_lines(again) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert session_cookie_lines(again), "sessions are created again once Redis is back"
+    finally:
+        redis.stop()
