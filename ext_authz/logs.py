@@ -2,7 +2,7 @@
 
 The rule this module guards: nothing secret is ever logged. Callers pass named,
 non-secret fields (`app`, `method`, `reason`, `request_id`); there is no field for a
-credential, and `redact_headers` is the only way a header map reaches a log line.
+credential, and no header map is ever logged.
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["REDACTED_HEADERS", "configure_logging", "event", "logger", "redact_headers"]
+__all__ = ["configure_logging", "event", "logger"]
 
 logger = logging.getLogger("ext_authz")
 
-REDACTED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "set-cookie"})
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -62,11 +60,8 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     logger.propagate = True
 
 
-def event(level: int, msg: str, **fields: Any) -> None:
-    """Log `msg` with structured, non-secret fields."""
+def event(level: int, msg: str, *, exc_info: bool = False, **fields: Any) -> None:
+    """Log `msg` with structured, non-secret fields (`exc_info` adds the exception's
+    type and message, never its traceback)."""
     if logger.isEnabledFor(level):
-        logger.log(level, msg, extra=fields)
-
-
-def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: ("<redacted>" if k.lower() in REDACTED_HEADERS else v) for k, v in headers.items()}
+        logger.log(level, msg, extra=fields, exc_info=exc_info)

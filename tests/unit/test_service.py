@@ -1,0 +1,377 @@
+"""CheckService with fakes at its edges: the I/O ordering and the fault mapping.
+
+The real store (MemoryStore) and repositories are used; the IdP is a fake whose
+answers each test chooses. The same paths run against the real IdP, Redis and Envoy
+in tests/e2e; here every branch is reached cheaply and deterministically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ext_authz.adapters.memory_store import MemoryStore
+from ext_authz.adapters.oidc import Discovery, TokenError, TokenSet
+from ext_authz.core.decision import Allow, Deny
+from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
+from ext_authz.errors import IdPUnavailable, StoreUnavailable
+from ext_authz.metrics import Metrics
+from ext_authz.service import AppRuntime, CheckService
+from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
+from tests.unit.conftest import make_app
+
+SECRET = b"unit-test-secret-0123456789abcdef-0123"
+APP = make_app(external_host="https://app.example.com")
+DISCOVERY = Discovery(
+    issuer="https://idp.example.com",
+    authorization_endpoint="https://idp.example.com/authorize",
+    token_endpoint="https://idp.example.com/token",
+    jwks_uri="https://idp.example.com/jwks",
+    end_session_endpoint="https://idp.example.com/logout",
+)
+ALICE = Identity(
+    sub="alice", preferred_username="alice", email="a@example.com", id_token="id.token.alice"
+)
+
+
+@dataclass
+class FakeOIDC:
+    down: bool = False
+    exchange_error: str = ""
+    claims: dict[str, Any] = field(
+        default_factory=lambda: {"sub": "alice", "preferred_username": "alice"}
+    )
+    userinfo_claims: dict[str, Any] = field(default_factory=dict)
+    nonces: list[str | None] = field(default_factory=list)
+
+    async def discovery(self) -> Discovery:
+        if self.down:
+            raise IdPUnavailable("down")
+        return DISCOVERY
+
+    async def exchange_code(self, code: str, verifier: str, redirect_uri: str) -> TokenSet:
+        if self.down:
+            raise IdPUnavailable("down")
+        if self.exchange_error:
+            raise TokenError(self.exchange_error)
+        return TokenSet(access_token="at", id_token="id.token.x", expires_in=300, raw={})
+
+    async def verify_id_token(self, id_token: str, *, nonce: str | None) -> dict[str, Any]:
+        self.nonces.append(nonce)
+        return dict(self.claims)
+
+    async def userinfo(self, access_token: str) -> dict[str, Any]:
+        return dict(self.userinfo_claims)
+
+
+class FailingStore(MemoryStore):
+    """A store that is down while `down` is set."""
+
+    down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("down")
+
+    async def get(self, namespace: str, key: str) -> bytes | None:
+        self._check()
+        return await super().get(namespace, key)
+
+    async def set(self, namespace: str, key: str, value: bytes, ttl: float) -> None:
+        self._check()
+        await super().set(namespace, key, value, ttl)
+
+    async def take(self, namespace: str, key: str) -> bytes | None:
+        self._check()
+        return await super().take(namespace, key)
+
+    async def index_add(self, namespace: str, key: str, member: str, ttl: float) -> None:
+        self._check()
+        await super().index_add(namespace, key, member, ttl)
+
+
+Verifier = Callable[..., Awaitable[Any]]
+
+
+def service(
+    *,
+    store: MemoryStore | None = None,
+    oidc: FakeOIDC | None = None,
+    basic: Verifier | None = None,
+    bearer: Verifier | None = None,
+    local_ttl: float = 0.0,
+) -> tuple[CheckService, MemoryStore]:
+    store = store or MemoryStore("t:")
+    runtime = AppRuntime(app=APP, verify_basic=basic, verify_bearer=bearer, oidc=oidc)  # type: ignore[arg-type]
+    return (
+        CheckService(
+            [runtime],
+            sessions=SessionRepository(store, secret=SECRET, local_ttl=local_ttl),
+            credentials=CredentialCache(store, secret=SECRET, local_ttl=local_ttl),
+            logins=LoginStateRepository(store, secret=SECRET),
+            metrics=Metrics(CollectorRegistry()),
+        ),
+        store,
+    )
+
+
+def request(path: str = "/", query: str = "", **headers: str) -> AuthRequest:
+    return AuthRequest(
+        has_http=True,
+        method="GET",
+        host="app.example.com",
+        path=path,
+        query=query,
+        scheme="https",
+        headers={"accept": "text/html", **headers},
+        request_id="rid-1",
+    )
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def header(deny: Deny, name: str) -> list[str]:
+    return [v for k, v in deny.headers if k == name]
+
+
+def basic_header(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+# --- the sign-in round trip ----------------------------------------------------------
+
+
+async def _start(svc: CheckService, path: str = "/wanted") -> tuple[Deny, str, str]:
+    start = await svc.check(request(path))
+    assert isinstance(start, Deny) and start.status == 302
+    location = header(start, "location")[0]
+    state = parse_qs(urlsplit(location).query)["state"][0]
+    login_cookie = next(c for c in header(start, "set-cookie") if "_login=" in c)
+    return start, state, login_cookie.split(";", 1)[0]
+
+
+def test_sign_in_round_trip_and_replay() -> None:
+    oidc = FakeOIDC()
+    svc, _ = service(oidc=oidc)
+
+    async def scenario() -> None:
+        _, state, cookie = await _start(svc)
+        done = await svc.check(
+            request("/outpost.goauthentik.io/callback", f"code=c&state={state}", cookie=cookie)
+        )
+        assert isinstance(done, Deny) and done.status == 302
+        assert header(done, "location") == ["https://app.example.com/wanted"]
+        session = next(c for c in header(done, "set-cookie") if c.startswith(APP.cookie_name + "="))
+        assert oidc.nonces and oidc.nonces[0]
+        value = session.split(";", 1)[0]
+        allowed = await svc.check(request("/next", cookie=value))
+        assert isinstance(allowed, Allow) and allowed.method == "session"
+        replay = await svc.check(
+            request("/outpost.goauthentik.io/callback", f"code=c&state={state}", cookie=cookie)
+        )
+        assert isinstance(replay, Deny) and replay.status == 400
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("error=access_denied&state=x", 403),
+        ("state=x", 400),
+        ("code=c", 400),
+        ("code=c&state=never-issued", 400),
+    ],
+)
+def test_callback_refusals(query: str, status: int) -> None:
+    svc, _ = service(oidc=FakeOIDC())
+    answer = run(svc.check(request("/outpost.goauthentik.io/callback", query)))
+    assert isinstance(answer, Deny) and answer.status == status
+    assert not header(answer, "location"), "an error page, never a redirect loop"
+
+
+def test_callback_from_another_browser_is_refused() -> None:
+    svc, _ = service(oidc=FakeOIDC())
+
+    async def scenario() -> Deny:
+        _, state, _ = await _start(svc)
+        other = "authentik_proxy_x_login=someone-elses-binding-value-0123456789"
+        answer = await svc.check(
+            request("/outpost.goauthentik.io/callback", f"code=c&state={state}", cookie=other)
+        )
+        assert isinstance(answer, Deny)
+        return answer
+
+    assert run(scenario()).status == 400
+
+
+@pytest.mark.parametrize(
+    ("down", "error", "status"), [(True, "", 503), (False, "invalid_grant", 400)]
+)
+def test_callback_token_faults(down: bool, error: str, status: int) -> None:
+    oidc = FakeOIDC()
+    svc, _ = service(oidc=oidc)
+
+    async def scenario() -> Deny:
+        _, state, cookie = await _start(svc)
+        oidc.down, oidc.exchange_error = down, error
+        answer = await svc.check(
+            request("/outpost.goauthentik.io/callback", f"code=c&state={state}", cookie=cookie)
+        )
+        assert isinstance(answer, Deny)
+        return answer
+
+    answer = run(scenario())
+    assert answer.status == status
+    if status == 503:
+        assert header(answer, "retry-after")
+
+
+def test_userinfo_fills_missing_attributes_only_for_the_same_subject() -> None:
+    for userinfo_sub, expected in (("alice", {"team": "blue"}), ("mallory", {})):
+        oidc = FakeOIDC(
+            userinfo_claims={"sub": userinfo_sub, "ak_proxy": {"user_attributes": {"team": "blue"}}}
+        )
+        svc, _ = service(oidc=oidc)
+
+        async def scenario(svc: CheckService = svc) -> Allow:
+            _, state, cookie = await _start(svc)
+            done = await svc.check(
+                request("/outpost.goauthentik.io/callback", f"code=c&state={state}", cookie=cookie)
+            )
+            assert isinstance(done, Deny)
+            value = next(
+                c for c in header(done, "set-cookie") if c.startswith(APP.cookie_name + "=")
+            ).split(";", 1)[0]
+            allowed = await svc.check(request("/", cookie=value))
+            assert isinstance(allowed, Allow)
+            return allowed
+
+        allowed = run(scenario())
+        assert allowed.identity is not None
+        assert dict(allowed.identity.attributes) == expected
+
+
+def test_start_with_the_idp_or_store_down_is_503() -> None:
+    svc, _ = service(oidc=FakeOIDC(down=True))
+    answer = run(svc.check(request("/page")))
+    assert isinstance(answer, Deny) and answer.status == 503
+    store = FailingStore("t:")
+    store.down = True
+    svc, _ = service(store=store, oidc=FakeOIDC())
+    answer = run(svc.check(request("/page")))
+    assert isinstance(answer, Deny) and answer.status == 503
+
+
+def test_sign_out_without_and_with_a_session() -> None:
+    svc, store = service(oidc=FakeOIDC())
+
+    async def scenario() -> None:
+        home = await svc.check(request("/outpost.goauthentik.io/sign_out"))
+        assert isinstance(home, Deny) and header(home, "location") == ["https://app.example.com/"]
+        repo = SessionRepository(store, secret=SECRET, local_ttl=0)
+        one = await repo.create(APP.name, ALICE, 4_000_000_000)
+        two = await repo.create(APP.name, ALICE, 4_000_000_000)
+        out = await svc.check(
+            request("/", "X-authentik-logout=true", cookie=f"{APP.cookie_name}={one}")
+        )
+        assert isinstance(out, Deny) and out.status == 302
+        location = header(out, "location")[0]
+        assert location.startswith(DISCOVERY.end_session_endpoint or "")
+        params = parse_qs(urlsplit(location).query)
+        assert params["id_token_hint"] == ["id.token.alice"]
+        assert params["post_logout_redirect_uri"] == ["https://app.example.com"]
+        for value in (one, two):
+            assert await repo.get(APP.name, value) is None
+
+    run(scenario())
+
+
+# --- header authentication -----------------------------------------------------------
+
+
+def test_verifier_that_raises_fails_closed() -> None:
+    async def broken(username: str, password: str) -> Any:
+        raise RuntimeError("bug")
+
+    svc, _ = service(basic=broken)
+    answer = run(svc.check(request(authorization=basic_header("a", "b"))))
+    assert isinstance(answer, Deny) and answer.status == 503
+
+
+def test_concurrent_identical_credentials_verify_once() -> None:
+    calls = 0
+
+    async def slow(username: str, password: str) -> Any:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return Verified(ALICE)
+
+    svc, _ = service(basic=slow)
+
+    async def scenario() -> list[Any]:
+        header_value = basic_header("alice", "pw")
+        return await asyncio.gather(
+            *(svc.check(request(authorization=header_value)) for _ in range(8))
+        )
+
+    answers = run(scenario())
+    assert all(isinstance(a, Allow) for a in answers)
+    assert calls == 1
+
+
+def test_cached_rejection_and_unavailable_is_never_cached() -> None:
+    outcomes: list[Any] = [Unavailable("timeout"), Rejected("invalid_grant"), Verified(ALICE)]
+    calls = 0
+
+    async def verifier(username: str, password: str) -> Any:
+        nonlocal calls
+        calls += 1
+        return outcomes.pop(0)
+
+    svc, _ = service(basic=verifier)
+    header_value = basic_header("alice", "pw")
+
+    async def scenario() -> list[Any]:
+        return [await svc.check(request(authorization=header_value)) for _ in range(3)]
+
+    first, second, third = run(scenario())
+    assert isinstance(first, Deny) and first.status == 503
+    assert isinstance(second, Deny) and second.status == 401
+    assert isinstance(third, Deny) and third.status == 401  # the rejection is cached
+    assert calls == 2
+
+
+def test_credential_cache_never_outlives_the_token() -> None:
+    import time
+
+    soon = Identity(sub="alice", expires_at=time.time() + 0.5)
+    calls = 0
+
+    async def verifier(username: str, password: str) -> Any:
+        nonlocal calls
+        calls += 1
+        return Verified(soon, ttl=60)
+
+    svc, _ = service(basic=verifier)
+    header_value = basic_header("alice", "pw")
+
+    async def scenario() -> None:
+        await svc.check(request(authorization=header_value))
+        await svc.check(request(authorization=header_value))
+        assert calls == 1
+        await asyncio.sleep(0.7)
+        await svc.check(request(authorization=header_value))
+
+    run(scenario())
+    assert calls == 2
