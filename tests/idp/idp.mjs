@@ -6,7 +6,7 @@
 // devInteractions login/consent forms (the login password is checked), userinfo,
 // introspection, RP-initiated logout, authentik's client_credentials grant with
 // username + app password, the password grant, and test-only routes under /_test/.
-// Listens on 127.0.0.1 only and prints `IDP READY <issuer>` once listening.
+// Listens on config.host (default 127.0.0.1) and prints `IDP READY <issuer>` once listening.
 // Never prints passwords or tokens.
 
 import { createHash, generateKeyPairSync, randomBytes, timingSafeEqual } from 'node:crypto';
@@ -482,7 +482,9 @@ provider.use(async function testRoutes(ctx, next) {
 // ---------------------------------------------------------------------------------------
 // Serve
 
-const server = provider.listen(port, '127.0.0.1', () => {
+// Tests bind loopback only; a container (docker-compose) sets "host": "0.0.0.0".
+const listenHost = config.host || '127.0.0.1';
+const server = provider.listen(port, listenHost, () => {
   process.stdout.write(`IDP READY ${issuer}\n`);
 });
 
