@@ -38,6 +38,7 @@ from ext_authz.core.decision import (
     redirect,
     unauthorized,
     unavailable,
+    unavailable_page,
 )
 from ext_authz.core.login import authorize_url, end_session_url, safe_return_url
 from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
@@ -287,6 +288,10 @@ class CheckService:
         except StoreUnavailable:
             self._metrics.store_errors.labels("credential_put").inc()
 
+    def _store_down_page(self, operation: str) -> Deny:
+        self._metrics.store_errors.labels(operation).inc()
+        return unavailable_page(store=True)
+
     def _log_rejected(self, request: AuthRequest, app: str, method: str, reason: str) -> None:
         event(
             logging.INFO,
@@ -441,14 +446,7 @@ class CheckService:
         try:
             record = await self._logins.take(state)
         except StoreUnavailable:
-            self._metrics.store_errors.labels("login_take").inc()
-            return error_page(
-                503,
-                title="Try again shortly",
-                detail="The session store is unavailable.",
-                reason="store_unavailable",
-                extra_headers=(("retry-after", "5"),),
-            )
+            return self._store_down_page("login_take")
         binding = get_cookie(request.header("cookie"), steps.login_cookie_name(app)) or ""
         if (
             record is None
@@ -479,13 +477,7 @@ class CheckService:
                 if extra.get("sub") == claims.get("sub"):
                     claims = {**extra, **claims}
         except IdPUnavailable:
-            return error_page(
-                503,
-                title="Try again shortly",
-                detail="The identity provider is unavailable.",
-                reason="idp_unavailable",
-                extra_headers=(("retry-after", "5"),),
-            )
+            return unavailable_page(store=False)
         except TokenError as exc:
             event(
                 logging.INFO,
@@ -522,14 +514,7 @@ class CheckService:
         try:
             value = await self._sessions.create(app.name, identity, expires_at)
         except StoreUnavailable:
-            self._metrics.store_errors.labels("session_create").inc()
-            return error_page(
-                503,
-                title="Try again shortly",
-                detail="The session store is unavailable.",
-                reason="store_unavailable",
-                extra_headers=(("retry-after", "5"),),
-            )
+            return self._store_down_page("session_create")
         self._metrics.sessions_created.labels(app.name, "sign_in").inc()
         event(
             logging.INFO,
@@ -563,14 +548,7 @@ class CheckService:
                     ended = await self._sessions.end_all_for(app.name, record.identity.sub)
                     self._metrics.sessions_ended.labels(app.name).inc(ended)
             except StoreUnavailable:
-                self._metrics.store_errors.labels("sign_out").inc()
-                return error_page(
-                    503,
-                    title="Try again shortly",
-                    detail="The session store is unavailable.",
-                    reason="store_unavailable",
-                    extra_headers=(("retry-after", "5"),),
-                )
+                return self._store_down_page("sign_out")
         if record is None:
             return redirect(home, reason="signed_out", cookies=(expired,) if value else ())
         event(

@@ -23,6 +23,7 @@ __all__ = [
     "redirect",
     "unauthorized",
     "unavailable",
+    "unavailable_page",
     "wants_json",
 ]
 
@@ -197,4 +198,16 @@ def error_page(
         body=body,
         grpc_code=code,
         message=detail,
+    )
+
+
+def unavailable_page(*, store: bool, retry_after: int = 5) -> Deny:
+    """The browser flows' 503: the session store or the IdP is down; try again."""
+    what = "session store" if store else "identity provider"
+    return error_page(
+        503,
+        title="Try again shortly",
+        detail=f"The {what} is unavailable.",
+        reason="store_unavailable" if store else "idp_unavailable",
+        extra_headers=(("retry-after", str(retry_after)),),
     )

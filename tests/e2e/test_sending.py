@@ -37,7 +37,7 @@ def basic(user: str, password: str) -> str:
 
 
 def upstream_basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode("utf-8")).decode()
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def echoed(response: Any) -> dict[str, list[str]]:
