@@ -30,7 +30,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from ext_authz.core.model import Identity
 from ext_authz.crypto import (
@@ -91,7 +91,13 @@ class SessionRecord:
     key: str
 
 
-class SessionRepository:
+V = TypeVar("V")
+
+
+class _LocallyCached(Generic[V]):
+    """What both repositories share: the store, the server secret, the wall clock and
+    an in-process cache of decrypted values in front of the store."""
+
     def __init__(
         self,
         store: ByteStore,
@@ -105,10 +111,12 @@ class SessionRepository:
         self._store = store
         self._secret = secret
         self._wall = clock_wall
-        self._local: LocalCache[str, SessionRecord] = LocalCache(
+        self._local: LocalCache[str, V] = LocalCache(
             local_ttl, max_entries=local_max_entries, clock=clock_mono
         )
 
+
+class SessionRepository(_LocallyCached[SessionRecord]):
     def _sub_key(self, app: str, sub: str) -> str:
         return hmac_hex(self._secret, "sub", app, sub)
 
@@ -241,30 +249,13 @@ class CachedCredential:
         return self.verdict == "ok"
 
 
-class CredentialCache:
+class CredentialCache(_LocallyCached["CachedCredential"]):
     """Verified and rejected credentials, shared by all replicas (SPEC §5 "Cache").
 
     `get` raises StoreUnavailable when the store is down and the local cache has
     nothing: the caller then verifies against the IdP (and should not fail the
     request). `put_*` raise StoreUnavailable: the caller logs it and carries on.
     """
-
-    def __init__(
-        self,
-        store: ByteStore,
-        *,
-        secret: bytes,
-        local_ttl: float,
-        clock_wall: Callable[[], float] = time.time,
-        clock_mono: Callable[[], float] = time.monotonic,
-        local_max_entries: int = 10_000,
-    ) -> None:
-        self._store = store
-        self._secret = secret
-        self._wall = clock_wall
-        self._local: LocalCache[str, CachedCredential] = LocalCache(
-            local_ttl, max_entries=local_max_entries, clock=clock_mono
-        )
 
     async def get(self, app: str, header_value: str) -> CachedCredential | None:
         key = credential_cache_key(self._secret, app, header_value)
