@@ -1,0 +1,101 @@
+"""The Envoy adapter: CheckRequest -> AuthRequest, Decision -> CheckResponse.
+
+The `append` settings follow ENVOY_NOTES.md's table for Envoy 1.40; the e2e tests
+prove what Envoy does with them.
+"""
+
+from __future__ import annotations
+
+from ext_authz._proto import CheckRequest, HeaderValue
+from ext_authz.adapters.envoy import to_auth_request, to_check_response
+from ext_authz.core.decision import Allow, Deny, GrpcCode
+
+
+def check_request(**headers: str) -> CheckRequest:
+    message = CheckRequest()
+    http = message.attributes.request.http
+    http.method = "POST"
+    http.host = "app.example.com:8443"
+    http.path = "/a/b?x=1&y=2"
+    http.scheme = "https"
+    http.id = "12345"
+    for key, value in headers.items():
+        http.headers[key] = value
+    message.attributes.context_extensions["ext_authz_app"] = "app"
+    return message
+
+
+def test_request_translation() -> None:
+    request = to_auth_request(check_request(**{"x-request-id": "rid", "cookie": "a=1,b=2"}))
+    assert request.has_http
+    assert (request.method, request.host, request.path, request.query, request.scheme) == (
+        "POST",
+        "app.example.com:8443",
+        "/a/b",
+        "x=1&y=2",
+        "https",
+    )
+    assert request.header("cookie") == "a=1,b=2"
+    assert request.context_extensions == {"ext_authz_app": "app"}
+    assert request.request_id == "rid"
+
+
+def test_request_id_falls_back_to_envoys_stream_id() -> None:
+    assert to_auth_request(check_request()).request_id == "12345"
+
+
+def test_header_map_is_read_when_headers_are_raw() -> None:
+    message = check_request()
+    raw = message.attributes.request.http.header_map.headers
+    raw.append(HeaderValue(key="Authorization", raw_value=b"Basic eA=="))
+    raw.append(HeaderValue(key="x-a", value="1"))
+    raw.append(HeaderValue(key="X-A", value="2"))
+    request = to_auth_request(message)
+    assert request.header("authorization") == "Basic eA=="
+    assert request.header("x-a") == "1,2"
+
+
+def test_tcp_request_has_no_http() -> None:
+    assert to_auth_request(CheckRequest()).has_http is False
+
+
+def test_allow_translation_uses_overwrite_upstream_and_added_response_headers() -> None:
+    response = to_check_response(
+        Allow(
+            method="basic",
+            set_headers=(("x-authentik-username", "alice"),),
+            remove_headers=("authorization",),
+            response_headers=(("set-cookie", "a=1"), ("set-cookie", "b=2")),
+        )
+    )
+    assert response.status.code == 0
+    ok = response.ok_response
+    (upstream,) = ok.headers
+    assert upstream.header.key == "x-authentik-username" and upstream.header.value == "alice"
+    assert upstream.HasField("append") and upstream.append.value is False
+    assert list(ok.headers_to_remove) == ["authorization"]
+    assert [h.header.value for h in ok.response_headers_to_add] == ["a=1", "b=2"]
+    assert not any(h.HasField("append") for h in ok.response_headers_to_add)
+
+
+def test_deny_translation_keeps_repeated_headers_and_status() -> None:
+    response = to_check_response(
+        Deny(
+            status=302,
+            reason="login",
+            headers=(("location", "https://idp/"), ("set-cookie", "a=1"), ("set-cookie", "b=2")),
+            body="",
+            grpc_code=GrpcCode.PERMISSION_DENIED,
+        )
+    )
+    assert response.status.code == GrpcCode.PERMISSION_DENIED
+    denied = response.denied_response
+    assert denied.status.code == 302
+    assert [h.header.key for h in denied.headers] == ["location", "set-cookie", "set-cookie"]
+    assert not any(h.HasField("append") for h in denied.headers)
+
+
+def test_tcp_deny_has_no_http_response() -> None:
+    response = to_check_response(Deny(status=403, reason="no_http", http=False))
+    assert response.status.code == GrpcCode.PERMISSION_DENIED
+    assert not response.HasField("denied_response") and not response.HasField("ok_response")
