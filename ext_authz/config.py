@@ -23,6 +23,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -36,7 +37,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -556,9 +556,6 @@ class Application(BaseModel):
     send: SendSettings = Field(default_factory=SendSettings)
 
     # Derived once, so the request path never compiles or parses.
-    _skip_paths: tuple[re.Pattern[str], ...] = PrivateAttr(default=())
-    _host_name: str = PrivateAttr(default="")
-    _port: int = PrivateAttr(default=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -684,49 +681,47 @@ class Application(BaseModel):
             raise _problems(*problems)
         return self
 
-    def model_post_init(self, context: Any, /) -> None:
-        self._skip_paths = tuple(re.compile(p) for p in self.skip_path_regex)
-        parts = urlsplit(self.external_host)
-        self._host_name = (parts.hostname or "").lower()
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+    # Derived values, computed once per (immutable) application: they are read on
+    # every Check, where a pydantic private attribute would cost microseconds each.
 
-    @property
+    @cached_property
     def skip_paths(self) -> tuple[re.Pattern[str], ...]:
         """skip_path_regex, compiled; `.search()` them in the path without its query."""
-        return self._skip_paths
+        return tuple(re.compile(p) for p in self.skip_path_regex)
 
-    @property
+    @cached_property
     def host_name(self) -> str:
         """external_host's host, lower-cased (no port, IPv6 without brackets)."""
-        return self._host_name
+        return (urlsplit(self.external_host).hostname or "").lower()
 
-    @property
+    @cached_property
     def port(self) -> int:
         """external_host's port, or 443/80 by scheme."""
-        return self._port
+        parts = urlsplit(self.external_host)
+        return parts.port or (443 if parts.scheme == "https" else 80)
 
-    @property
+    @cached_property
     def secure(self) -> bool:
         """external_host is https: the cookie gets the Secure flag."""
         return self.external_host.lower().startswith("https:")
 
-    @property
+    @cached_property
     def all_host_names(self) -> frozenset[str]:
         """Every request host name (lower-case, no port) this application answers."""
         extra = (h.lower().removeprefix("[").removesuffix("]") for h in self.hosts)
-        return frozenset({self._host_name, *extra})
+        return frozenset({self.host_name, *extra})
 
-    @property
+    @cached_property
     def redirect_uri(self) -> str:
         return self.external_host.rstrip("/") + CALLBACK_PATH
 
-    @property
+    @cached_property
     def cookie_name(self) -> str:
         """authentik's session cookie name: authentik_proxy_ + sha256(client_id)[:8]."""
         basis = self.oidc.client_id if self.oidc is not None else self.name
         return "authentik_proxy_" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:8]
 
-    @property
+    @cached_property
     def provider_name(self) -> str:
         """X-authentik-meta-provider: the client_id, or `directory` without oidc."""
         return self.oidc.client_id if self.oidc is not None else "directory"
@@ -970,6 +965,10 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         raise ConfigError([f"{path}: YAML syntax error{_yaml_where(exc)}"]) from None
     except yaml.YAMLError:
         raise ConfigError([f"{path}: YAML syntax error"]) from None
+    except (ValueError, OverflowError, RecursionError):
+        # PyYAML's constructors: a number of more than 4300 digits, a date out of
+        # range, nesting too deep. The value itself is not repeated (it may be secret).
+        raise ConfigError([f"{path}: a value cannot be read (too large or too deep)"]) from None
     if data is None:
         raise ConfigError([f"{path}: the file is empty; expected a mapping"])
     if not isinstance(data, Mapping):

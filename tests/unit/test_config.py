@@ -27,6 +27,7 @@ from ext_authz.config import (
     redact_store_url,
     redacted,
 )
+from ext_authz.durations import MAX_SECONDS
 from ext_authz.errors import ConfigError
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -304,7 +305,17 @@ def test_parse_duration_refuses(value: object) -> None:
 @given(st.integers(min_value=0, max_value=10**9), st.sampled_from(["ms", "s", "m", "h"]))
 def test_parse_duration_units(number: int, unit: str) -> None:
     size = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
-    assert parse_duration(f"{number}{unit}") == pytest.approx(number * size)
+    if number * size > MAX_SECONDS:
+        with pytest.raises(ValueError, match="more than ten years"):
+            parse_duration(f"{number}{unit}")
+    else:
+        assert parse_duration(f"{number}{unit}") == pytest.approx(number * size)
+
+
+@pytest.mark.parametrize("value", [10**400, "3650000000h", 10**12])
+def test_parse_duration_refuses_absurd_sizes(value: object) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(value)
 
 
 @given(st.text(max_size=12))
@@ -691,3 +702,12 @@ def test_redacted_hides_every_secret() -> None:
     # Plain data all the way down: it dumps with the safe dumper and reloads equal.
     assert yaml.safe_load(text) == data
     assert data["applications"][0]["receive"]["basic"]["verify"] == "authentik"
+
+
+def test_unreadable_yaml_values_are_config_errors(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text("server: {workers: " + "9" * 5000 + "}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert "cannot be read" in info.value.errors[0]
+    assert "9999" not in info.value.errors[0]
