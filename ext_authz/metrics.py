@@ -8,6 +8,7 @@ HTTP port sums them (`MultiProcessCollector`).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -72,6 +73,23 @@ class Metrics:
             "Checks that hit an unexpected fault",
             registry=reg,
         )
+
+        # labels() costs microseconds; the label sets are few (apps x results x methods),
+        # so each child is looked up once and kept.
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def count_check(self, app: str, result: str, method: str) -> None:
+        self._child(self.checks, "checks", app, result, method).inc()
+
+    def count_cache(self, cache: str, result: str) -> None:
+        self._child(self.cache, "cache", cache, result).inc()
+
+    def _child(self, metric: Any, name: str, *labels: str) -> Any:
+        key = (name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe_idp(self, endpoint: str, outcome: str) -> None:
         self.idp_requests.labels(endpoint, outcome).inc()

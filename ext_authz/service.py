@@ -83,7 +83,7 @@ class CheckService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._runtimes = {rt.app.name: rt for rt in runtimes}
-        self._apps = tuple(rt.app for rt in runtimes)
+        self._apps = routing.ApplicationIndex([rt.app for rt in runtimes])
         self._sessions = sessions
         self._credentials = credentials
         self._logins = logins
@@ -100,7 +100,7 @@ class CheckService:
             if not request.has_http:
                 decision: Allow | Deny = deny_tcp()
             else:
-                app = routing.select_application(request, self._apps)
+                app = self._apps.select(request)
                 if app is None:
                     decision = not_found_app(request)
                 else:
@@ -124,7 +124,7 @@ class CheckService:
             result, method = "allow", decision.method
         else:
             result, method = decision.reason, decision.method or "-"
-        self._metrics.checks.labels(app, result, method).inc()
+        self._metrics.count_check(app, result, method)
         self._metrics.check_latency.observe(spent)
         if isinstance(decision, Allow) and decision.dropped_headers:
             event(
@@ -220,11 +220,11 @@ class CheckService:
             self._metrics.store_errors.labels("credential_get").inc()
             cached = None
         if cached is not None:
-            self._metrics.cache.labels("credential", "hit").inc()
+            self._metrics.count_cache("credential", "hit")
             if cached.identity is not None:
                 return Verified(cached.identity)
             return Rejected(cached.reason or "rejected (cached)")
-        self._metrics.cache.labels("credential", "miss").inc()
+        self._metrics.count_cache("credential", "miss")
 
         # One verification per credential per process at a time; later callers share it.
         key = (app.name, header_value)

@@ -9,6 +9,7 @@ unset (each is a new header line); denied-response headers with `append` unset
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 
 from ext_authz._proto import (
@@ -36,9 +37,10 @@ def to_auth_request(message: CheckRequest) -> AuthRequest:
     if not request.HasField("http"):
         return AuthRequest(has_http=False, context_extensions=context)
     http = request.http
-    headers = dict(http.headers)
+    # The protobuf map is read-only here and already a Mapping: no copy per Check.
+    headers: Mapping[str, str] = http.headers
     if not headers and len(http.header_map.headers):
-        headers = _from_header_map(http)
+        headers = MappingProxyType(_from_header_map(http))
     path, _, query = http.path.partition("?")
     host = http.host or headers.get(":authority", "") or headers.get("host", "")
     return AuthRequest(
@@ -48,7 +50,7 @@ def to_auth_request(message: CheckRequest) -> AuthRequest:
         path=path or "/",
         query=query or http.query,
         scheme=http.scheme or headers.get(":scheme", ""),
-        headers=MappingProxyType(headers),
+        headers=headers,
         context_extensions=context,
         request_id=headers.get("x-request-id", "") or http.id,
     )
@@ -64,13 +66,28 @@ def _from_header_map(http: object) -> dict[str, str]:
     return out
 
 
+# Upstream header options by (name, value): a cached session or credential sends the
+# same identity headers on every request, and building the messages is the costly part.
+# The cookie header differs per request and is never cached.
+_OVERWRITES: dict[tuple[str, str], HeaderValueOption] = {}
+_OVERWRITES_MAX = 16384
+
+
+def _overwrite(key: str, value: str) -> HeaderValueOption:
+    option = _OVERWRITES.get((key, value))
+    if option is None:
+        option = HeaderValueOption(header=HeaderValue(key=key, value=value), append=_FALSE)
+        if key != "cookie":
+            if len(_OVERWRITES) >= _OVERWRITES_MAX:
+                _OVERWRITES.clear()
+            _OVERWRITES[(key, value)] = option
+    return option
+
+
 def to_check_response(decision: Allow | Deny) -> CheckResponse:
     if isinstance(decision, Allow):
         ok = OkHttpResponse(
-            headers=[
-                HeaderValueOption(header=HeaderValue(key=k, value=v), append=_FALSE)
-                for k, v in decision.set_headers
-            ],
+            headers=[_overwrite(k, v) for k, v in decision.set_headers],
             headers_to_remove=list(decision.remove_headers),
             response_headers_to_add=[
                 HeaderValueOption(header=HeaderValue(key=k, value=v))

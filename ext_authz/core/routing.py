@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
@@ -12,10 +13,19 @@ from ext_authz.core.model import AuthRequest
 if TYPE_CHECKING:
     from ext_authz.config import Application
 
-__all__ = ["OUTPOST_PREFIX", "OutpostRoute", "outpost_route", "select_application", "split_host"]
+__all__ = [
+    "OUTPOST_PREFIX",
+    "ApplicationIndex",
+    "OutpostRoute",
+    "outpost_route",
+    "select_application",
+    "split_host",
+]
 
 OUTPOST_PREFIX = "/outpost.goauthentik.io/"
 CONTEXT_APP_KEY = "ext_authz_app"
+# Most queries name no outpost parameter: look before parsing.
+_OUTPOST_QUERY = re.compile(r"x-authentik-(auth-callback|logout)", re.IGNORECASE)
 
 
 class OutpostRoute(enum.Enum):
@@ -41,29 +51,41 @@ def split_host(authority: str, scheme: str = "") -> tuple[str, int | None]:
     return name, None
 
 
+class ApplicationIndex:
+    """The applications by name and by host name, built once from the settings."""
+
+    def __init__(self, applications: Sequence[Application]) -> None:
+        self._by_name = {app.name: app for app in applications}
+        by_host: dict[str, list[Application]] = {}
+        for app in applications:
+            for host in app.all_host_names:
+                by_host.setdefault(host, []).append(app)
+        self._by_host = {host: tuple(apps) for host, apps in by_host.items()}
+
+    def select(self, request: AuthRequest) -> Application | None:
+        """`context_extensions["ext_authz_app"]` names the application; else the host does.
+
+        When two applications share a host name, the port decides.
+        """
+        named = request.context_extensions.get(CONTEXT_APP_KEY)
+        if named:
+            return self._by_name.get(named)
+        name, port = split_host(request.host, request.scheme)
+        # Application host names hold IPv6 literals without brackets; split_host keeps them.
+        candidates = self._by_host.get(name.removeprefix("[").removesuffix("]"), ())
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
+        for app in candidates:
+            if port is not None and app.port == port:
+                return app
+        return candidates[0]
+
+
 def select_application(
     request: AuthRequest, applications: Sequence[Application]
 ) -> Application | None:
-    """`context_extensions["ext_authz_app"]` names the application; else the host does.
-
-    When two applications share a host name, the port decides.
-    """
-    named = request.context_extensions.get(CONTEXT_APP_KEY)
-    if named:
-        for app in applications:
-            if app.name == named:
-                return app
-        return None
-    name, port = split_host(request.host, request.scheme)
-    # Application host names hold IPv6 literals without brackets; split_host keeps them.
-    name = name.removeprefix("[").removesuffix("]")
-    candidates = [app for app in applications if name in app.all_host_names]
-    if len(candidates) <= 1:
-        return candidates[0] if candidates else None
-    for app in candidates:
-        if port is not None and app.port == port:
-            return app
-    return candidates[0]
+    """One-off form of `ApplicationIndex(applications).select(request)`."""
+    return ApplicationIndex(applications).select(request)
 
 
 def outpost_route(request: AuthRequest) -> OutpostRoute | None:
@@ -72,7 +94,8 @@ def outpost_route(request: AuthRequest) -> OutpostRoute | None:
         for route in OutpostRoute:
             if tail == route.value:
                 return route
-    if request.query:
+    query = request.query
+    if query and ("%" in query or _OUTPOST_QUERY.search(query)):
         params = {k.lower(): v for k, v in parse_qsl(request.query, keep_blank_values=True)}
         if params.get("x-authentik-auth-callback", "").lower() == "true":
             return OutpostRoute.CALLBACK

@@ -202,35 +202,15 @@ def _allow(
 ) -> Allow:
     """The OK mutations of SPEC §4 "Allowed requests" and §7."""
     request, app = facts.request, facts.app
-    set_headers: list[tuple[str, str]] = []
-    dropped: tuple[str, ...] = ()
-    if identity is not None and app.send.identity_headers:
-        built = identity_headers(identity, app_name=app.name, provider=app.provider_name)
-        set_headers += built.headers
-        dropped = built.dropped
-    if identity is not None and app.send.basic.enabled:
-        set_headers.append(
-            (
-                "authorization",
-                upstream_basic(
-                    identity,
-                    username_attribute=app.send.basic.username_attribute,
-                    password_attribute=app.send.basic.password_attribute,
-                ),
-            )
-        )
-
-    # An empty value is sent as a removal: Envoy may skip setting an empty header,
-    # which would leave a client-sent value of the same name in place.
-    remove = [name.lower() for name, value in set_headers if not value]
-    set_headers = [(name, value) for name, value in set_headers if value]
-    ours = {name.lower() for name, _ in set_headers}
+    part, fresh = _identity_part(identity, app) if identity is not None else (_NO_IDENTITY, False)
+    set_headers = list(part.headers)
     # Headers we overwrite need no removal (Envoy overwrites them with append=false);
     # removing them as well could drop our own value.
-    remove += [n for n in client_authentik_headers(request.headers) if n.lower() not in ours]
+    remove = list(part.removals)
+    remove += [n for n in client_authentik_headers(request.headers) if n.lower() not in part.names]
     if (
         "authorization" in request.headers
-        and "authorization" not in ours
+        and "authorization" not in part.names
         and (consumed or app.intercept_header_auth)
     ):
         remove.append("authorization")
@@ -252,5 +232,56 @@ def _allow(
         remove_headers=tuple(dict.fromkeys(remove)),
         response_headers=response,
         create_session=create_session,
-        dropped_headers=dropped,
+        dropped_headers=part.dropped if fresh else (),  # logged once, not per request
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _IdentityPart:
+    """What an identity contributes to an allowed request, for one application."""
+
+    headers: tuple[tuple[str, str], ...]  # to set (non-empty values)
+    removals: tuple[str, ...]  # lower-case names whose value is empty
+    names: frozenset[str]  # lower-case names set
+    dropped: tuple[str, ...]  # names whose value was unsafe
+
+
+_NO_IDENTITY = _IdentityPart((), (), frozenset(), ())
+# A cached session or credential hands in the same Identity object on every request,
+# so its part is computed once: keyed by object identity, checked with `is`.
+_PARTS: dict[tuple[int, int], tuple[Identity, Application, _IdentityPart]] = {}
+_PARTS_MAX = 4096
+
+
+def _identity_part(identity: Identity, app: Application) -> tuple[_IdentityPart, bool]:
+    """The identity's part, and whether it was computed just now (not remembered)."""
+    key = (id(identity), id(app))
+    entry = _PARTS.get(key)
+    if entry is not None and entry[0] is identity and entry[1] is app:
+        return entry[2], False
+    pairs: list[tuple[str, str]] = []
+    dropped: tuple[str, ...] = ()
+    if app.send.identity_headers:
+        built = identity_headers(identity, app_name=app.name, provider=app.provider_name)
+        pairs += built.headers
+        dropped = built.dropped
+    if app.send.basic.enabled:
+        basic = upstream_basic(
+            identity,
+            username_attribute=app.send.basic.username_attribute,
+            password_attribute=app.send.basic.password_attribute,
+        )
+        pairs.append(("authorization", basic))
+    # An empty value is sent as a removal: Envoy may skip setting an empty header,
+    # which would leave a client-sent value of the same name in place.
+    kept = tuple((name, value) for name, value in pairs if value)
+    part = _IdentityPart(
+        headers=kept,
+        removals=tuple(name.lower() for name, value in pairs if not value),
+        names=frozenset(name.lower() for name, _ in kept),
+        dropped=dropped,
+    )
+    if len(_PARTS) >= _PARTS_MAX:
+        _PARTS.clear()
+    _PARTS[key] = (identity, app, part)
+    return part, True
