@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
-APT_PACKAGES := chromium chromium-driver wrk
+APT_PACKAGES := chromium chromium-driver wrk nghttp2-client
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv npm apt run test unit lint typecheck protos bench clean
@@ -48,7 +48,7 @@ unit: venv
 	$(PY) -m pytest -q tests/unit
 
 lint: venv
-	$(VENV)/bin/ruff check ext_authz tests scripts
+	$(VENV)/bin/ruff check ext_authz tests scripts bench
 
 typecheck: venv
 	$(VENV)/bin/mypy ext_authz

@@ -54,8 +54,13 @@ def settings(argon2_hash: str) -> Any:
         {
             "secret": "micro-benchmark-secret-0123456789abcdef",
             "directory": {
-                "users": [{"username": "alice", "email": "alice@example.com",
-                           "app_passwords": [argon2_hash]}]
+                "users": [
+                    {
+                        "username": "alice",
+                        "email": "alice@example.com",
+                        "app_passwords": [argon2_hash],
+                    }
+                ]
             },
             "applications": [
                 {
@@ -63,8 +68,13 @@ def settings(argon2_hash: str) -> Any:
                     "external_host": "https://app.example.com",
                     "skip_path_regex": ["^/public/"],
                     "receive": {"create_session": False},
-                    "send": {"basic": {"enabled": True, "username_attribute": "app_username",
-                                       "password_attribute": "app_password"}},
+                    "send": {
+                        "basic": {
+                            "enabled": True,
+                            "username_attribute": "app_username",
+                            "password_attribute": "app_password",
+                        }
+                    },
                 }
             ],
         },
@@ -92,8 +102,9 @@ async def measure(iterations: int) -> dict[str, float]:
     app = config.applications[0]
     cases = {
         "session": request("/some/page?q=1", cookie=f"theme=dark; {app.cookie_name}={cookie}"),
-        "basic": request("/some/page", authorization="Basic "
-                         + base64.b64encode(b"alice:pw").decode()),
+        "basic": request(
+            "/some/page", authorization="Basic " + base64.b64encode(b"alice:pw").decode()
+        ),
         "skip": request("/public/logo.png"),
     }
     results: dict[str, float] = {}

@@ -1,0 +1,115 @@
+"""Running one scenario: probe, warm up, then measure a bounded wrk run.
+
+Per scenario:
+ 1. one probe request as wrk will send it (its status must be the expected one);
+ 2. the IdP's request counters are reset (so `idp_calls_cold` counts from a cold
+    credential cache: the probe, the warm-up and the run);
+ 3. wrk for `warmup` seconds (not measured);
+ 4. before/after snapshots around a wrk run of `duration` seconds: the authorizer's
+    CPU (process tree), Envoy's CPU, the listener's ext_authz decisions, Redis
+    INFO commandstats, the IdP's counters; RSS per worker after the run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench.measure import diff, idp_total, redis_commands, run_wrk, wrk_argv
+from bench.scenarios import Scenario
+from bench.world import World
+
+LUA_MISS = Path(__file__).with_name("wrong_basic.lua")
+# IdP endpoints that verify a credential (discovery and JWKS are per key, not per credential).
+VERIFY_ENDPOINTS = ("token", "introspection", "userinfo")
+
+
+def wrk_for(world: World, s: Scenario, duration: float, threads: int, connections: int
+            ) -> list[str]:  # fmt: skip
+    headers = [h for h in world.headers(s) if not (s.credential == "miss" and h[0] ==
+                                                   "Authorization")]  # fmt: skip
+    return wrk_argv(
+        world.url(s), duration=duration, headers=headers,
+        script=LUA_MISS if s.credential == "miss" else None,
+        threads=threads, connections=connections,
+    )  # fmt: skip
+
+
+def run_scenario(
+    world: World, s: Scenario, *, warmup: float, duration: float, threads: int,
+    connections: int,
+) -> dict[str, Any]:  # fmt: skip
+    row: dict[str, Any] = {"scenario": s.name, "title": s.title, "listener": s.listener,
+                           "authz": s.authz, "expect": s.expect}  # fmt: skip
+    idp = world.idp
+    if idp is not None:
+        idp.reset_stats()
+    status = world.probe(s)
+    if status != s.expect:
+        row["error"] = f"probe answered {status}, expected {s.expect}"
+        return row
+    if warmup > 0:
+        run_wrk(wrk_for(world, s, warmup, threads, connections), timeout=warmup + 60)
+
+    assert world.envoy is not None
+    tree = world.authz_tree(s)
+    envoy_tree = world.envoy_tree()
+    redis_port = world.redis.port if world.redis is not None else None
+    ext_authz = s.authz is not None
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "cpu": tree.cpu_seconds() if tree else 0.0,
+            "envoy_cpu": envoy_tree.cpu_seconds(),
+            "checks": world.envoy.checks(s.listener) if ext_authz else 0,  # type: ignore[union-attr]
+            "redis": redis_commands(redis_port) if redis_port else {},
+            "idp": idp.stats() if idp is not None else {},
+            "t": time.monotonic(),
+        }
+
+    before = snapshot()
+    wrk = run_wrk(wrk_for(world, s, duration, threads, connections), timeout=duration + 60)
+    after = snapshot()
+
+    checks = after["checks"] - before["checks"]
+    redis_delta = diff(after["redis"], before["redis"])
+    idp_delta = diff(after["idp"], before["idp"])
+    per = checks if ext_authz else wrk.requests
+    row.update(asdict(wrk))
+    row.update({
+        "wall_seconds": round(after["t"] - before["t"], 2),
+        "checks": checks if ext_authz else None,
+        "authz_cpu_seconds": round(after["cpu"] - before["cpu"], 3) if tree else None,
+        "cpu_us_per_check": (
+            round((after["cpu"] - before["cpu"]) / checks * 1e6, 1) if tree and checks else None
+        ),
+        "envoy_cpu_us_per_request": (
+            round((after["envoy_cpu"] - before["envoy_cpu"]) / wrk.requests * 1e6, 1)
+            if wrk.requests else None
+        ),
+        "redis_commands": redis_delta,
+        "redis_per_check": (
+            round(sum(redis_delta.values()) / per, 4) if redis_port and per else None
+        ),
+        "idp_requests": idp_delta,
+        "idp_per_1k_checks": (
+            round(idp_total(idp_delta) / per * 1000, 2) if idp is not None and per else None
+        ),
+        # From a cold credential cache: probe + warm-up + run, one credential.
+        "idp_verify_calls_cold": (
+            sum(after["idp"].get(k, 0) for k in VERIFY_ENDPOINTS) if idp is not None else None
+        ),
+        "rss_mb_per_worker": tree.worker_rss_mb() if tree else None,
+    })  # fmt: skip
+    row["rss_mb"] = (
+        round(sum(row["rss_mb_per_worker"]) / len(row["rss_mb_per_worker"]), 1)
+        if row["rss_mb_per_worker"]
+        else None
+    )
+    if s.expect == 200 and wrk.non_2xx:
+        row["error"] = f"{wrk.non_2xx} of {wrk.requests} responses were not 2xx"
+    if s.expect != 200 and wrk.non_2xx != wrk.requests:
+        row["error"] = f"only {wrk.non_2xx} of {wrk.requests} responses were non-2xx"
+    return row

@@ -1,0 +1,234 @@
+"""The benchmark world: what runs on loopback while the scenarios are driven.
+
+Started lazily from what the chosen scenarios need, with the tests.stack launchers:
+redis-server (private port, no persistence), the test IdP, the allow-all servicer
+(the floor), ext-authz instances (`w1`: workers 1; `w2`: workers 2; `nolocal`:
+workers 1 with store.local_cache_ttl 0; all on the same Redis and secret, so one
+session cookie is valid at each), and one Envoy (bench.envoy) with a listener per
+target. `stop()` stops everything it started, newest first.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.envoy import BenchEnvoy, Listener
+from bench.measure import ProcessTree
+from bench.scenarios import Scenario
+from tests.stack.allow_all import AllowAllServer
+from tests.stack.demo import (
+    ALICE,
+    OIDC_CLIENT_ID,
+    OIDC_CLIENT_SECRET,
+    build_idp,
+    ext_authz_config,
+    host_url,
+    merge_config,
+)
+from tests.stack.extauthz import ExtAuthz
+from tests.stack.idp import IdP
+from tests.stack.proc import free_port
+from tests.stack.redis import RedisServer
+
+USER = ALICE  # every credential of the benchmark is alice's
+
+
+def _basic(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def htpasswd_sha(username: str, password: str) -> str:
+    """An htpasswd line in the {SHA} format Envoy's basic_auth filter accepts."""
+    digest = base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()  # noqa: S324
+    return f"{username}:{{SHA}}{digest}"
+
+
+class World:
+    def __init__(
+        self, scenarios: Sequence[Scenario], workdir: Path, envoy_concurrency: int = 1,
+        log_level: str = "info",
+    ) -> None:  # fmt: skip
+        self.workdir = Path(workdir)
+        self.envoy_concurrency = envoy_concurrency
+        self.log_level = log_level
+        self.listeners_needed = {s.listener for s in scenarios}
+        self.authz_needed = {s.authz for s in scenarios if s.authz}
+        if any(s.credential == "cookie" for s in scenarios):
+            # The session cookie is made by a Basic request through w1 (app).
+            self.listeners_needed.add("w1")
+            self.authz_needed.add("w1")
+        self.idp_needed = any(s.needs_idp for s in scenarios)
+        # The Envoy port every ext-authz config names in external_host; the Host
+        # header of each request names it too, whatever listener wrk connects to.
+        self.ports = {name: free_port() for name in self.listeners_needed | {"w1"}}
+        self.redis: RedisServer | None = None
+        self.idp: IdP | None = None
+        self.allow_all: AllowAllServer | None = None
+        self.instances: dict[str, ExtAuthz] = {}
+        self.envoy: BenchEnvoy | None = None
+        self._started: list[Any] = []
+        self._creds: dict[str, str] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> World:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        ext_authz_needed = self.authz_needed - {"allow_all"}
+        if ext_authz_needed:
+            self.redis = self._keep(RedisServer(self.workdir, name="bench-redis").start())
+        if self.idp_needed:
+            self.idp = self._keep(build_idp(self.workdir, [self.ports["w1"]]).start())
+        if "allow_all" in self.authz_needed:
+            floor = AllowAllServer(self.workdir, name="bench-allow-all")
+            self.allow_all = self._keep(floor.start())
+        for name in sorted(ext_authz_needed):
+            instance = ExtAuthz(self._config(name), self.workdir, name=f"bench-ext-authz-{name}")
+            self.instances[name] = self._keep(instance.start(60.0))
+        listeners = [self._listener(name) for name in sorted(self.listeners_needed)]
+        self.envoy = self._keep(
+            BenchEnvoy(listeners, self.workdir, concurrency=self.envoy_concurrency).start()
+        )
+
+    def _keep(self, part: Any) -> Any:
+        self._started.append(part)
+        return part
+
+    def stop(self) -> None:
+        for part in reversed(self._started):
+            with contextlib.suppress(Exception):
+                part.stop()
+        self._started.clear()
+
+    def __enter__(self) -> World:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- configuration -----------------------------------------------------------------
+
+    def _config(self, name: str) -> dict[str, Any]:
+        assert self.redis is not None
+        port = self.ports["w1"]
+        base = ext_authz_config(port, self.redis.url, self.idp, key_prefix="bench:",
+                                log_level=self.log_level)  # fmt: skip
+        apps: dict[str, Any] = {"whoami": {"receive": {"create_session": False}}}
+        if self.idp is not None:
+            apps["app-nosess"] = {
+                "external_host": host_url("app-nosess", port),
+                "oidc": {
+                    "issuer": self.idp.issuer,
+                    "client_id": OIDC_CLIENT_ID,
+                    "client_secret": OIDC_CLIENT_SECRET,
+                    "client_auth": "client_secret_post",
+                },
+                "receive": {"create_session": False, "negative_cache_ttl": 0},
+            }
+        overrides: dict[str, Any] = {
+            "server": {"workers": 2 if name == "w2" else 1},
+            "applications": apps,
+        }
+        if name == "nolocal":
+            overrides["store"] = {"local_cache_ttl": 0}
+        return merge_config(base, overrides)
+
+    def _listener(self, name: str) -> Listener:
+        port = self.ports[name]
+        if name == "plain":
+            return Listener(name, "plain", port)
+        if name == "floor":
+            assert self.allow_all is not None
+            return Listener(name, "ext_authz", port, grpc_ports=(self.allow_all.port,))
+        if name in self.instances:
+            return Listener(name, "ext_authz", port, grpc_ports=(self.instances[name].port,))
+        if name == "jwt":
+            assert self.idp is not None
+            jwks = httpx.get(self.idp.jwks_uri, timeout=5.0).text
+            return Listener(name, "jwt_authn", port, jwks=jwks, issuer=self.idp.issuer,
+                            audience=OIDC_CLIENT_ID)  # fmt: skip
+        if name == "basic":
+            return Listener(name, "basic_auth", port,
+                            htpasswd=htpasswd_sha(USER.username, USER.app_password))  # fmt: skip
+        raise ValueError(f"no listener {name!r}")
+
+    # -- what scenarios use ------------------------------------------------------------
+
+    def url(self, scenario: Scenario) -> str:
+        return f"http://127.0.0.1:{self.ports[scenario.listener]}/bench"
+
+    def host_header(self, scenario: Scenario) -> str:
+        return f"{scenario.host}.localhost:{self.ports['w1']}"
+
+    def headers(self, scenario: Scenario) -> list[tuple[str, str]]:
+        """The request headers (secrets included: never print them)."""
+        out = [("Host", self.host_header(scenario))]
+        cred = scenario.credential
+        if cred == "basic":
+            out.append(("Authorization", _basic(USER.username, USER.app_password)))
+        elif cred == "jwt":
+            out.append(("Authorization", "Bearer " + self._token("jwt")))
+        elif cred == "opaque":
+            out.append(("Authorization", "Bearer " + self._token("opaque")))
+        elif cred == "cookie":
+            out.append(("Cookie", self._cookie()))
+        elif cred == "miss":  # the probe's header; wrk's Lua script makes its own
+            out.append(("Authorization", _basic(USER.username, "wrong-probe-password")))
+        return out
+
+    def _token(self, fmt: str) -> str:
+        if fmt not in self._creds:
+            assert self.idp is not None
+            self._creds[fmt] = self.idp.mint_access_token(OIDC_CLIENT_ID, USER.username, fmt=fmt)
+        return self._creds[fmt]
+
+    def _cookie(self) -> str:
+        """name=value of a session of `app`, made by one Basic request (create_session)."""
+        if "cookie" not in self._creds:
+            port = self.ports["w1"]
+            if "w1" not in self.listeners_needed:
+                raise RuntimeError("the session cookie is made through listener w1")
+            r = httpx.get(
+                f"http://127.0.0.1:{port}/login",
+                headers={"Host": f"app.localhost:{port}",
+                         "Authorization": _basic(USER.username, USER.app_password)},
+                timeout=15.0,
+            )  # fmt: skip
+            cookies = [v.split(";", 1)[0] for k, v in r.headers.multi_items()
+                       if k.lower() == "set-cookie"]  # fmt: skip
+            if r.status_code != 200 or not cookies:
+                raise RuntimeError(f"no session cookie from app (HTTP {r.status_code})")
+            self._creds["cookie"] = cookies[0]
+        return self._creds["cookie"]
+
+    def probe(self, scenario: Scenario) -> int:
+        """One request as wrk will send it; its status code."""
+        r = httpx.get(self.url(scenario), headers=self.headers(scenario), timeout=15.0)
+        return r.status_code
+
+    def authz_tree(self, scenario: Scenario) -> ProcessTree | None:
+        if scenario.authz is None:
+            return None
+        if scenario.authz == "allow_all":
+            assert self.allow_all is not None and self.allow_all.process.pid is not None
+            return ProcessTree(self.allow_all.process.pid)
+        pid = self.instances[scenario.authz].process.pid
+        assert pid is not None
+        return ProcessTree(pid)
+
+    def envoy_tree(self) -> ProcessTree:
+        assert self.envoy is not None and self.envoy.pid is not None
+        return ProcessTree(self.envoy.pid)
