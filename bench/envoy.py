@@ -67,9 +67,9 @@ def _ext_authz_filter(cluster: str) -> dict[str, Any]:
             "@type": f"{_T}.filters.http.ext_authz.v3.ExtAuthz",
             "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "5s",
                 "retry_policy": {
-                    "retry_on": "connect-failure,refused-stream,reset,unavailable",
+                    "retry_on": "connect-failure,refused-stream,reset,unavailable,cancelled",
                     "num_retries": 2,
-                    "retry_back_off": {"base_interval": "0.02s", "max_interval": "0.2s"},
+                    "retry_back_off": {"base_interval": "0.02s", "max_interval": "5s"},  # envoy#38847
                 }},
             "transport_api_version": "V3",
             "failure_mode_allow": False,

@@ -983,7 +983,7 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
 
 # Attribute keys whose values are treated as secrets in printed output (the directory's
 # attributes may hold upstream passwords for send.basic).
-_SENSITIVE_ATTRIBUTE = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
+_SENSITIVE_ATTRIBUTE = re.compile(r"pass|pw|secret|token|key|credential", re.IGNORECASE)
 
 
 def redacted(settings: Settings) -> dict[str, Any]:

@@ -107,9 +107,14 @@ async def _worker(settings: Settings, *, index: int, reuse_port: bool, with_http
     )
     await stop.wait()
 
-    event(logging.INFO, "draining", worker=index, grace_period=settings.server.grace_period)
+    grace = settings.server.grace_period
+    event(logging.INFO, "draining", worker=index, grace_period=grace)
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(settings.server.grace_period)
+    # Keep answering for a moment after turning NOT_SERVING, so Envoy's health checks
+    # (1 s apart in our configs) move traffic away before connections are closed.
+    notice = min(1.0, grace / 4)
+    await asyncio.sleep(notice)
+    await server.stop(grace - notice)
     if http_server is not None:
         http_server.close()
         await http_server.wait_closed()
