@@ -69,7 +69,8 @@ def _ext_authz_filter(cluster: str) -> dict[str, Any]:
                 "retry_policy": {
                     "retry_on": "connect-failure,refused-stream,reset,unavailable,cancelled",
                     "num_retries": 2,
-                    "retry_back_off": {"base_interval": "0.02s", "max_interval": "5s"},  # envoy#38847
+                    # max_interval is also the per-try timeout in Envoy 1.40 (envoy#38847).
+                    "retry_back_off": {"base_interval": "0.02s", "max_interval": "5s"},
                 }},
             "transport_api_version": "V3",
             "failure_mode_allow": False,
