@@ -174,10 +174,7 @@ class CheckService:
         if isinstance(outcome, steps.StartLogin):
             answer = await self._start_login(request, rt, outcome.return_to)
             if outcome.expire_session:
-                expired = expire_cookie(
-                    app.cookie_name, secure=app.secure, domain=app.cookie_domain
-                )
-                answer = answer.with_headers(("set-cookie", expired))
+                answer = answer.with_headers(("set-cookie", steps.expire_session_cookie(app)))
             return answer
         if isinstance(outcome, Allow) and outcome.create_session and outcome.identity:
             return await self._with_new_session(request, app, outcome, outcome.identity)
@@ -538,7 +535,7 @@ class CheckService:
     async def _sign_out(self, request: AuthRequest, rt: AppRuntime) -> Deny:
         app = rt.app
         home = app.external_host.rstrip("/") + "/"
-        expired = expire_cookie(app.cookie_name, secure=app.secure, domain=app.cookie_domain)
+        expired = steps.expire_session_cookie(app)
         value = get_cookie(request.header("cookie"), app.cookie_name)
         record = None
         if value:

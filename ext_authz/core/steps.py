@@ -42,6 +42,7 @@ __all__ = [
     "StartLogin",
     "credential_for",
     "decide",
+    "expire_session_cookie",
     "is_browser_navigation",
     "login_cookie_name",
     "original_url",
@@ -184,11 +185,12 @@ def _challenge(facts: Facts, *, invalid_token: bool, detail: str, reason: str) -
 def _expiring(facts: Facts, deny: Deny) -> Deny:
     """A cookie that did not resolve is expired in whatever answer the request gets."""
     if facts.stale_cookie:
-        return deny.with_headers(("set-cookie", _expire_session_cookie(facts.app)))
+        return deny.with_headers(("set-cookie", expire_session_cookie(facts.app)))
     return deny
 
 
-def _expire_session_cookie(app: Application) -> str:
+def expire_session_cookie(app: Application) -> str:
+    """A Set-Cookie value that ends the application's session cookie in the browser."""
     return expire_cookie(app.cookie_name, secure=app.secure, domain=app.cookie_domain)
 
 
@@ -224,7 +226,7 @@ def _allow(
 
     response: tuple[tuple[str, str], ...] = ()
     if facts.stale_cookie and not create_session:
-        response = (("set-cookie", _expire_session_cookie(app)),)
+        response = (("set-cookie", expire_session_cookie(app)),)
     return Allow(
         method=method,
         identity=identity,
