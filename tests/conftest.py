@@ -29,6 +29,26 @@ ENVOY_PORT_POOL_SIZE = 16
 
 Overrides = dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]] | None
 
+# Tests whose counts belong in every run's output, passed or not: the fault drills
+# (ok / denied / 503 / errors / wrongful allows) and the fuzzers (requests sent).
+COUNTED = ("tests/drills/", "test_fuzz_service.py")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    reports = [
+        r
+        for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+        if r.when == "call" and any(part in r.nodeid for part in COUNTED)
+    ]
+    if not reports:
+        return
+    terminalreporter.section("drill and fuzz counts")
+    for report in reports:
+        out = "".join(text for name, text in report.sections if name == "Captured stdout call")
+        terminalreporter.write_line(f"{report.nodeid}: {report.outcome}")
+        for line in out.strip("\n").splitlines():
+            terminalreporter.write_line("  " + line)
+
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
