@@ -219,7 +219,7 @@ class CheckService:
         if cached is not None:
             self._metrics.count_cache("credential", "hit")
             if cached.identity is not None:
-                return Verified(cached.identity)
+                return Verified(cached.identity, cached=True)
             return Rejected(cached.reason or "rejected (cached)")
         self._metrics.count_cache("credential", "miss")
 

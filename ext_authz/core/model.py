@@ -122,10 +122,15 @@ def _plain(value: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Verified:
-    """The credential is good. `ttl` bounds how long it may be cached (seconds)."""
+    """The credential is good. `ttl` bounds how long it may be cached (seconds).
+
+    `cached`: the answer came from the credential cache, so some replica verified it
+    (and offered a session) moments ago.
+    """
 
     identity: Identity
     ttl: float | None = None
+    cached: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,7 +125,10 @@ def decide(facts: Facts) -> Allow | Deny | StartLogin:
     verdict = facts.verdict
     method = _method(facts.credential)
     if isinstance(verdict, Verified):
-        create = app.receive.create_session and not facts.store_down
+        # A session per verification, not per request: a client that never sends the
+        # cookie back (curl, scripts) is answered from the credential cache and gets
+        # no new session each time, which would otherwise fill the store.
+        create = app.receive.create_session and not facts.store_down and not verdict.cached
         return _allow(facts, verdict.identity, method, consumed=True, create_session=create)
 
     invalid = isinstance(facts.credential, MalformedCredential) or isinstance(verdict, Rejected)

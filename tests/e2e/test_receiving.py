@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
+from tests.e2e.signin import sign_in
 from tests.stack.demo import (
     ALICE,
     BOB,
@@ -133,10 +134,7 @@ def test_without_intercept_invalid_header_is_ignored(make_stack: Any) -> None:
     assert login.headers["location"].startswith(stack.idp.issuer)  # type: ignore[union-attr]
 
     # With a valid session the request passes, and the header reaches the upstream untouched.
-    good = stack.get(
-        "app", "/", headers={"Authorization": basic(ALICE.username, ALICE.app_password)}
-    )
-    name, value, _ = session_cookie(good)
+    name, value, _ = session_cookie(sign_in(stack, ALICE).final)
     passed = stack.get("app", "/", headers={"Authorization": wrong, "Cookie": f"{name}={value}"})
     assert echoed(passed)["authorization"] == [wrong]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.signin import sign_in
 from tests.stack.demo import ALICE, BOB, CAROL, Stack
 
 pytestmark = pytest.mark.e2e
@@ -70,14 +71,20 @@ def test_upstream_basic_from_attributes(sending: Stack, user: Any, expected: str
     assert headers["authorization"] == [expected]
 
 
-def test_upstream_basic_replaces_client_value_on_session_requests(sending: Stack) -> None:
-    first = sending.get(
-        "app", "/", headers={"Authorization": basic(ALICE.username, ALICE.app_password)}
+def session_pair(stack: Stack, user: Any) -> str:
+    """`name=value` of a new session: a browser sign-in always creates one (a Basic
+    request only does when its credentials are not already cached)."""
+    flow = sign_in(stack, user)
+    cookie = next(
+        c for c in flow.final.headers.get_list("set-cookie") if c.startswith("authentik_proxy_")
     )
-    cookie = next(c for c in first.headers.get_list("set-cookie") if c.startswith("authentik_"))
-    pair = cookie.split(";", 1)[0]
-    # The session alone (no Authorization from the client) still sends Basic upstream.
-    again = sending.get("app", "/", headers={"Cookie": pair})
+    return cookie.split(";", 1)[0]
+
+
+def test_upstream_basic_replaces_client_value_on_session_requests(sending: Stack) -> None:
+    pair = session_pair(sending, ALICE)
+    # The session alone still sends Basic upstream, replacing what the client sent.
+    again = sending.get("app", "/", headers={"Cookie": pair, "Authorization": "Basic eDp5"})
     assert echoed(again)["authorization"] == [upstream_basic("admin", "s3cret")]
 
 
@@ -124,12 +131,7 @@ def test_client_cannot_spoof_identity_headers(stack: Stack) -> None:
 
 
 def test_session_cookie_is_stripped_from_the_upstream_cookie(stack: Stack) -> None:
-    first = stack.get(
-        "app", "/", headers={"Authorization": basic(ALICE.username, ALICE.app_password)}
-    )
-    pair = next(
-        c for c in first.headers.get_list("set-cookie") if c.startswith("authentik_proxy_")
-    ).split(";", 1)[0]
+    pair = session_pair(stack, ALICE)
     response = stack.get("app", "/", headers={"Cookie": f"theme=dark; {pair}"})
     headers = echoed(response)
     assert headers["cookie"] == ["theme=dark"]

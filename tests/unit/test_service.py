@@ -375,3 +375,19 @@ def test_credential_cache_never_outlives_the_token() -> None:
 
     run(scenario())
     assert calls == 2
+
+
+def test_repeated_basic_without_the_cookie_creates_one_session() -> None:
+    async def verifier(username: str, password: str) -> Any:
+        return Verified(ALICE)
+
+    svc, _ = service(basic=verifier)
+    header_value = basic_header("alice", "pw")
+
+    async def scenario() -> list[Any]:
+        return [await svc.check(request(authorization=header_value)) for _ in range(5)]
+
+    answers = run(scenario())
+    assert all(isinstance(a, Allow) for a in answers)
+    with_cookie = [a for a in answers if any(k == "set-cookie" for k, _ in a.response_headers)]
+    assert len(with_cookie) == 1

@@ -829,3 +829,15 @@ def test_stale_cookie_is_expired_on_an_idp_outage_503() -> None:
     cookies = [v for k, v in outcome.headers if k == "set-cookie"]
     assert len(cookies) == 1 and cookies[0].startswith(APP.cookie_name + "=;")
     assert "Max-Age=0" in cookies[0]
+
+
+def test_a_cached_verification_creates_no_new_session() -> None:
+    facts = dict(
+        request=req(headers={"authorization": BASIC_HEADER}),
+        app=APP,
+        credential=BasicCredential("alice", "app-password"),
+    )
+    fresh = decide(Facts(**facts, verdict=Verified(ALICE)))  # type: ignore[arg-type]
+    cached = decide(Facts(**facts, verdict=Verified(ALICE, cached=True)))  # type: ignore[arg-type]
+    assert isinstance(fresh, Allow) and fresh.create_session is True
+    assert isinstance(cached, Allow) and cached.create_session is False
