@@ -31,7 +31,8 @@ def test_bench_floor_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--only", "floor", "--duration", "1", "--warmup", "0",
-         "--no-profile", "--out", str(out), "--workdir", str(tmp_path / "work")],
+         "--no-profile", "--no-unbatched", "--out", str(out),
+         "--workdir", str(tmp_path / "work")],
         cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
