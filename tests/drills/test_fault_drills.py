@@ -21,7 +21,6 @@ cap on the number of requests.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.cookiejar
 import json
@@ -40,11 +39,12 @@ import httpx
 import pytest
 
 from ext_authz._proto import AttributeContext, AuthorizationStub, CheckRequest, CheckResponse
-from tests.stack.demo import ALICE, BOB, CAROL, Stack, build_idp
+from tests.stack.demo import ALICE, BOB, CAROL, Stack, private_idp_stack
 from tests.stack.echo import EchoServer
 from tests.stack.idp import IdP
-from tests.stack.proc import free_port, wait_until
+from tests.stack.proc import wait_until
 from tests.stack.redis import RedisServer
+from tests.support import basic
 
 pytestmark = [pytest.mark.drill, pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -59,10 +59,6 @@ JSON = ("accept", "application/json")
 
 
 # -- requests and their classification -------------------------------------------------
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 @dataclass(frozen=True)
@@ -465,36 +461,18 @@ def test_redis_killed_and_restarted(
 
 
 @pytest.fixture
-def private_idp_stack(
+def drill_idp_stack(
     workdir: Path, echo_server: EchoServer, own_redis: RedisServer
 ) -> Iterator[tuple[Stack, IdP]]:
     """Two replicas, the drill's Redis and an IdP of their own (the drill stops it)."""
-    port = free_port()
-    idp = build_idp(workdir / "drill-idp", [port])
-    idp.start()
-    stack = Stack(
-        workdir=workdir / "drill-idp-stack",
-        echo=echo_server,
-        envoy_port=port,
-        idp=idp,
-        store_url=own_redis.url,
-        redis=own_redis,
-        replicas=2,
-        key_prefix="drill-idp:",
-        name="drill-idp",
-    )
-    try:
-        stack.start()
-        yield stack, idp
-    finally:
-        stack.stop()
-        idp.stop()
+    with private_idp_stack(workdir, echo_server, own_redis, name="drill-idp", replicas=2) as pair:
+        yield pair
 
 
 def test_idp_stopped(
-    private_idp_stack: tuple[Stack, IdP], record_property: Callable[[str, object], None]
+    drill_idp_stack: tuple[Stack, IdP], record_property: Callable[[str, object], None]
 ) -> None:
-    stack, idp = private_idp_stack
+    stack, idp = drill_idp_stack
     cookie = warm_up(stack)
     # Credentials nobody has shown yet (a valid app password, an unknown user, an
     # opaque token that needs introspection).

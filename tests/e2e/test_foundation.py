@@ -6,8 +6,6 @@ our header mutations.
 
 from __future__ import annotations
 
-import base64
-import json
 import signal
 from typing import Any
 
@@ -17,18 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ext_authz._proto import AuthorizationStub, CheckRequest
 from tests.stack.demo import ALICE, BOB, BOB_STATIC_TOKEN, Stack
+from tests.support import basic, echoed
 
 pytestmark = pytest.mark.e2e
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def echoed(response: Any) -> dict[str, list[str]]:
-    assert response.status_code == 200, response.text
-    headers: dict[str, list[str]] = json.loads(response.text)["headers"]
-    return headers
 
 
 def test_unknown_host_is_403(stack: Stack) -> None:

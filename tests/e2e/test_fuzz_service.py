@@ -32,6 +32,7 @@ from ext_authz._proto import AttributeContext, AuthorizationStub, CheckRequest, 
 from tests.stack.allow_all import grpc_serving
 from tests.stack.demo import ALICE, BOB, BOB_STATIC_TOKEN, OIDC_CLIENT_ID, Stack
 from tests.stack.extauthz import AUTHORIZATION_SERVICE
+from tests.support import basic
 
 pytestmark = pytest.mark.e2e
 
@@ -40,10 +41,6 @@ PING = "/outpost.goauthentik.io/ping"
 SKIP = {"whoami": (re.compile("^/public/"),), "app": ()}
 APP_COOKIE = "authentik_proxy_" + hashlib.sha256(OIDC_CLIENT_ID.encode()).hexdigest()[:8]
 NASTY = "\x00\r\n\t\x7f\u0085\u2028\ufeff\u202e\U0001f600é"
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 # Credentials valid by construction, and the applications they open.

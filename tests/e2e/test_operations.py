@@ -3,7 +3,6 @@ and the `make run` orchestration itself."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -21,12 +20,9 @@ from tests.e2e.signin import sign_in
 from tests.stack.demo import ALICE, BOB, BOB_STATIC_TOKEN, CAROL, OIDC_CLIENT_ID, Stack
 from tests.stack.proc import ROOT, free_port
 from tests.stack.redis import RedisServer
+from tests.support import basic
 
 pytestmark = pytest.mark.e2e
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -25,26 +25,16 @@ from tests.stack.demo import (
     OIDC_CLIENT_ID,
     OTHER_CLIENT_ID,
     Stack,
-    build_idp,
+    private_idp_stack,
 )
 from tests.stack.echo import EchoServer
 from tests.stack.idp import IdP
-from tests.stack.proc import free_port
 from tests.stack.redis import RedisServer
+from tests.support import basic, echoed
 
 pytestmark = pytest.mark.e2e
 
 COOKIE_NAME = re.compile(r"^authentik_proxy_[0-9a-f]{8}$")
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def echoed(response: Any) -> dict[str, list[str]]:
-    assert response.status_code == 200, (response.status_code, response.text)
-    headers: dict[str, list[str]] = json.loads(response.text)["headers"]
-    return headers
 
 
 def session_cookie(response: Any) -> tuple[str, str, str]:
@@ -256,35 +246,18 @@ def test_store_holds_nothing_in_clear(make_stack: Any, redis_server: RedisServer
 
 
 @pytest.fixture
-def private_idp_stack(
+def idp_outage_stack(
     workdir: Path, echo_server: EchoServer, redis_server: RedisServer
 ) -> Iterator[tuple[Stack, IdP]]:
     """A stack with an IdP of its own, so the test may stop it."""
-    port = free_port()
-    idp = build_idp(workdir / "idp-outage", [port])
-    idp.start()
-    stack = Stack(
-        workdir=workdir / "idp-outage-stack",
-        echo=echo_server,
-        envoy_port=port,
-        idp=idp,
-        store_url=redis_server.url,
-        redis=redis_server,
-        key_prefix="ext-authz-idp-outage:",
-        name="idp-outage",
-    )
-    try:
-        stack.start()
-        yield stack, idp
-    finally:
-        stack.stop()
-        idp.stop()
+    with private_idp_stack(workdir, echo_server, redis_server, name="idp-outage") as pair:
+        yield pair
 
 
 def test_idp_down_fresh_credentials_503_cached_still_200(
-    private_idp_stack: tuple[Stack, IdP],
+    idp_outage_stack: tuple[Stack, IdP],
 ) -> None:
-    stack, idp = private_idp_stack
+    stack, idp = idp_outage_stack
     cached = basic(ALICE.username, ALICE.app_password)
     assert stack.get("app", "/", headers={"Authorization": cached}).status_code == 200
     idp.stop()

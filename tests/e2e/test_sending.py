@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.signin import sign_in
 from tests.stack.demo import ALICE, BOB, CAROL, Stack
+from tests.support import basic, echoed
 
 pytestmark = pytest.mark.e2e
 
@@ -33,18 +34,8 @@ SEND_BASIC = {
 }
 
 
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
 def upstream_basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def echoed(response: Any) -> dict[str, list[str]]:
-    assert response.status_code == 200, (response.status_code, response.text)
-    headers: dict[str, list[str]] = json.loads(response.text)["headers"]
-    return headers
 
 
 @pytest.fixture

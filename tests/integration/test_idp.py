@@ -21,7 +21,8 @@ import httpx
 import jwt
 import pytest
 
-from tests.stack.idp import IdP, IdPClient, IdPUser
+from tests.integration.idp_world import ALICE, EXPECTED_ATTRIBUTES, GROUPS, HS_CLIENT
+from tests.stack.idp import IdP, IdPClient
 
 pytestmark = pytest.mark.integration
 
@@ -37,33 +38,6 @@ BASIC_CLIENT = IdPClient(
     redirect_uris=["http://basic.localhost:8080/outpost.goauthentik.io/callback"],
     token_endpoint_auth_method="client_secret_basic",
 )
-HS_CLIENT = IdPClient(
-    client_id="hs-app",
-    client_secret="hs-secret-0123456789abcdef0123456789abcdef",
-    redirect_uris=["http://hs.localhost:8080/outpost.goauthentik.io/callback"],
-    id_token_signed_response_alg="HS256",
-)
-ALICE = IdPUser(
-    username="alice",
-    password="alice-password",
-    email="alice@example.com",
-    name="Alice Example",
-    groups=["zeta", "admins"],
-    attributes={"app_username": "alice-own", "own_only": True},
-    app_passwords=["alice-app-password-1", "alice-app-password-2"],
-    entitlements=["billing"],
-)
-GROUPS: dict[str, dict[str, Any]] = {
-    # Merged in group-name order (admins, then zeta), then the user's own attributes.
-    "admins": {"app_username": "admin", "app_password": "s3cret", "from": "admins"},
-    "zeta": {"from": "zeta"},
-}
-EXPECTED_ATTRIBUTES = {
-    "app_username": "alice-own",
-    "app_password": "s3cret",
-    "from": "zeta",
-    "own_only": True,
-}
 
 
 @pytest.fixture(scope="module")

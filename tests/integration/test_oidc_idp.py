@@ -19,7 +19,9 @@ from pydantic import SecretStr
 from ext_authz.adapters.oidc import OIDCClient
 from ext_authz.config import OIDCSettings
 from ext_authz.core.model import Rejected, Unavailable, Verified
-from tests.stack.idp import IdP, IdPClient, IdPUser
+from tests.integration.idp_world import ALICE, EXPECTED_ATTRIBUTES, GROUPS
+from tests.integration.idp_world import HS_CLIENT as HS
+from tests.stack.idp import IdP, IdPClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -35,34 +37,7 @@ BASIC = IdPClient(
     redirect_uris=["http://basic.localhost:8080/outpost.goauthentik.io/callback"],
     token_endpoint_auth_method="client_secret_basic",
 )
-HS = IdPClient(
-    client_id="hs-app",
-    client_secret="hs-secret-0123456789abcdef0123456789abcdef",
-    redirect_uris=["http://hs.localhost:8080/outpost.goauthentik.io/callback"],
-    id_token_signed_response_alg="HS256",
-)
 CLIENTS = {c.client_id: c for c in (POST, BASIC, HS)}
-ALICE = IdPUser(
-    username="alice",
-    password="alice-password",
-    email="alice@example.com",
-    name="Alice Example",
-    groups=["zeta", "admins"],
-    attributes={"app_username": "alice-own", "own_only": True},
-    app_passwords=["alice-app-password-1", "alice-app-password-2"],
-    entitlements=["billing"],
-)
-GROUPS: dict[str, dict[str, Any]] = {
-    "admins": {"app_username": "admin", "app_password": "s3cret", "from": "admins"},
-    "zeta": {"from": "zeta"},
-}
-# Groups merged in name order (admins, then zeta), then alice's own attributes.
-EXPECTED_ATTRIBUTES = {
-    "app_username": "alice-own",
-    "app_password": "s3cret",
-    "from": "zeta",
-    "own_only": True,
-}
 
 
 def _start(workdir: Path) -> IdP:

@@ -17,7 +17,8 @@ what the tests check.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -413,3 +414,31 @@ class Stack:
 
     def __repr__(self) -> str:
         return f"<Stack {self.name} envoy={self.envoy.url} replicas={len(self.replicas)}>"
+
+
+@contextmanager
+def private_idp_stack(
+    workdir: Path, echo: EchoServer, redis: RedisServer, *, name: str, replicas: int = 1
+) -> Iterator[tuple[Stack, IdP]]:
+    """A stack with an IdP of its own (and a key prefix of its own), for tests that
+    stop the IdP without hurting the rest of the session."""
+    port = free_port()
+    idp = build_idp(Path(workdir) / f"{name}-idp", [port])
+    idp.start()
+    stack = Stack(
+        workdir=Path(workdir) / name,
+        echo=echo,
+        envoy_port=port,
+        idp=idp,
+        store_url=redis.url,
+        redis=redis,
+        replicas=replicas,
+        key_prefix=f"{name}:",
+        name=name,
+    )
+    try:
+        stack.start()
+        yield stack, idp
+    finally:
+        stack.stop()
+        idp.stop()
