@@ -24,6 +24,7 @@ class Namespace:
     SUB_INDEX = "sub"  # key: hmac(app, sub) hex; members: session keys
     CREDENTIAL = "cred"  # key: hmac(secret, app + header value) hex
     LOGIN = "login"  # key: hmac(state) hex
+    CLAIM = "claim"  # key: a credential cache key; "one replica verifies this now"
 
 
 class ByteStore(Protocol):
@@ -35,6 +36,10 @@ class ByteStore(Protocol):
 
     async def take(self, namespace: str, key: str) -> bytes | None:
         """Get and delete in one atomic step (single use: a second take gets None)."""
+
+    async def claim(self, namespace: str, key: str, ttl: float) -> bool:
+        """Set a marker at `key` for `ttl` seconds unless one is there, atomically.
+        True for the one caller that set it (across every replica)."""
 
     async def delete(self, namespace: str, key: str) -> None:
         """Delete one key; absent keys are fine."""

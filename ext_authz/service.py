@@ -10,6 +10,7 @@ unexpected fault becomes a deliberate denial and a log line with the request id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = ["AppRuntime", "CheckService"]
 
 LOGIN_TTL = 600.0
+_PEER_POLL = 0.02  # seconds between looks at the cache while another replica verifies
 START_PATH = routing.OUTPOST_PREFIX + "start"
 
 BasicVerifier = Callable[[str, str], Awaitable["VerifyOutcome"]]
@@ -231,8 +233,7 @@ class CheckService:
         future: asyncio.Future[VerifyOutcome] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            outcome = await self._call_verifier(rt, credential)
-            await self._cache_outcome(app, header_value, outcome)
+            outcome = await self._verify_shared(rt, credential, header_value)
             future.set_result(outcome)
         except BaseException as exc:
             future.set_exception(exc)
@@ -252,6 +253,46 @@ class CheckService:
                 request_id=request.request_id,
             )
         return outcome
+
+    async def _verify_shared(
+        self, rt: AppRuntime, credential: BasicCredential | BearerCredential, header_value: str
+    ) -> VerifyOutcome:
+        """Ask the verifier unless another replica is asking about the same credential
+        right now: then wait for its answer in the shared cache, and ask ourselves only
+        if it leaves none (SPEC §5: N replicas ask the IdP once per credential)."""
+        app = rt.app
+        window = _claim_window(app)
+        claimed = await self._claim(app.name, header_value, window)
+        deadline = time.monotonic() + window
+        while not claimed and time.monotonic() < deadline:
+            await asyncio.sleep(_PEER_POLL)
+            try:
+                cached = await self._credentials.get(app.name, header_value)
+            except StoreUnavailable:
+                break
+            if cached is not None:
+                self._metrics.count_cache("credential", "peer")
+                if cached.identity is not None:
+                    return Verified(cached.identity, cached=True)
+                return Rejected(cached.reason or "rejected (cached)")
+            # The other replica finished without caching (IdP down, an expiring token):
+            # the claim is free again, and this replica asks.
+            claimed = await self._claim(app.name, header_value, window)
+        try:
+            outcome = await self._call_verifier(rt, credential)
+            await self._cache_outcome(app, header_value, outcome)
+        finally:
+            if claimed:
+                with contextlib.suppress(StoreUnavailable):
+                    await self._credentials.release(app.name, header_value)
+        return outcome
+
+    async def _claim(self, app: str, header_value: str, window: float) -> bool:
+        try:
+            return await self._credentials.claim(app, header_value, window)
+        except StoreUnavailable:
+            self._metrics.store_errors.labels("credential_claim").inc()
+            return True  # without the store, every replica verifies for itself
 
     async def _call_verifier(
         self, rt: AppRuntime, credential: BasicCredential | BearerCredential
@@ -568,6 +609,15 @@ class CheckService:
             except IdPUnavailable:
                 location = home
         return redirect(location, reason="signed_out", cookies=(expired,))
+
+
+def _claim_window(app: Application) -> float:
+    """How long one replica may hold a credential's verification for itself: long
+    enough for a verification (discovery, JWKS and token calls, or argon2), short
+    enough that the others do not wait long if it dies."""
+    if app.oidc is None:
+        return 2.0
+    return min(10.0, 2 * app.oidc.timeout + 1)
 
 
 def _digest(value: str) -> str:

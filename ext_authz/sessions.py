@@ -290,6 +290,17 @@ class CredentialCache(_LocallyCached["CachedCredential"]):
     async def put_rejected(self, app: str, header_value: str, reason: str, ttl: float) -> None:
         await self._put(app, header_value, CachedCredential("rejected", reason=reason), ttl)
 
+    async def claim(self, app: str, header_value: str, ttl: float) -> bool:
+        """Claim the verification of this credential for `ttl` seconds, across every
+        replica: True for the one that should ask the IdP; the others wait for its
+        answer in the cache. Raises StoreUnavailable (then everyone verifies)."""
+        key = credential_cache_key(self._secret, app, header_value)
+        return await self._store.claim(Namespace.CLAIM, key, ttl)
+
+    async def release(self, app: str, header_value: str) -> None:
+        key = credential_cache_key(self._secret, app, header_value)
+        await self._store.delete(Namespace.CLAIM, key)
+
     async def _put(self, app: str, header_value: str, entry: CachedCredential, ttl: float) -> None:
         if ttl <= 0:
             return

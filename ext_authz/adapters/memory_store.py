@@ -102,6 +102,13 @@ class MemoryStore:
         self._backend.values[self._full(namespace, key)] = (bytes(value), deadline)
         self._maybe_sweep()
 
+    async def claim(self, namespace: str, key: str, ttl: float) -> bool:
+        # No await between the check and the set: atomic under asyncio.
+        if await self.get(namespace, key) is not None:
+            return False
+        self._backend.values[self._full(namespace, key)] = (b"1", self._deadline(ttl))
+        return True
+
     async def take(self, namespace: str, key: str) -> bytes | None:
         # No await between the read and the delete: atomic under asyncio.
         entry = self._backend.values.pop(self._full(namespace, key), None)

@@ -185,6 +185,11 @@ class RedisStore:
         full, ms = self._full(namespace, key), self._ms(ttl)
         await self._run("set", lambda: self._client.set(full, value, px=ms))
 
+    async def claim(self, namespace: str, key: str, ttl: float) -> bool:
+        full, ms = self._full(namespace, key), self._ms(ttl)
+        done = await self._run("claim", lambda: self._client.set(full, b"1", px=ms, nx=True))
+        return bool(done)
+
     async def take(self, namespace: str, key: str) -> bytes | None:
         full = self._full(namespace, key)
         value = await self._run("take", lambda: self._client.getdel(full))

@@ -300,3 +300,25 @@ def test_redis_down_header_auth_still_verifies_without_a_session(
         assert session_cookie_lines(again), "sessions are created again once Redis is back"
     finally:
         redis.stop()
+
+
+def test_concurrent_new_credentials_over_two_replicas_ask_the_idp_once(make_stack: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    stack: Stack = make_stack(replicas=2, store="redis", fresh=True)
+    idp = stack.idp
+    assert idp is not None
+    before = token_requests(idp)
+    credentials = basic(CAROL.username, CAROL.app_password)
+
+    def one(i: int) -> int:
+        with stack.client() as client:
+            response = client.get(
+                stack.url("app", f"/c/{i}"), headers={"Authorization": credentials}
+            )
+            return response.status_code
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = list(pool.map(one, range(12)))
+    assert statuses == [200] * 12
+    assert token_requests(idp) - before == 1

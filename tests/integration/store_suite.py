@@ -22,7 +22,13 @@ T = TypeVar("T")
 # as a frozenset of members.
 RawEntry = tuple[bytes | frozenset[str], float | None]
 
-ALL_NAMESPACES = (Namespace.SESSION, Namespace.SUB_INDEX, Namespace.CREDENTIAL, Namespace.LOGIN)
+ALL_NAMESPACES = (
+    Namespace.SESSION,
+    Namespace.SUB_INDEX,
+    Namespace.CREDENTIAL,
+    Namespace.LOGIN,
+    Namespace.CLAIM,
+)
 
 
 class StoreHarness(Protocol):
@@ -137,6 +143,36 @@ class StoreBehaviour:
                     )
                     winners = [r for r in results if r is not None]
                     assert winners == [b"prize"], results
+            finally:
+                for s in stores:
+                    await s.close()
+
+        run(body())
+
+    def test_claim_is_exclusive_until_released_or_expired(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            stores = [harness.open() for _ in range(4)]
+            try:
+                for round_ in range(5):
+                    key = f"claim-{round_}"
+                    results = await asyncio.gather(
+                        *(
+                            stores[i % len(stores)].claim(Namespace.CLAIM, key, 30)
+                            for i in range(24)
+                        )
+                    )
+                    assert results.count(True) == 1, results
+                # Released (deleted): claimable again.
+                await stores[1].delete(Namespace.CLAIM, "claim-0")
+                assert await stores[2].claim(Namespace.CLAIM, "claim-0", 30) is True
+                # Expired: claimable again.
+                assert await stores[0].claim(Namespace.CLAIM, "short", 0.2) is True
+                assert await stores[1].claim(Namespace.CLAIM, "short", 0.2) is False
+
+                async def free_again() -> bool:
+                    return await stores[3].claim(Namespace.CLAIM, "short", 30)
+
+                await eventually(free_again, what="an expired claim to be free")
             finally:
                 for s in stores:
                     await s.close()

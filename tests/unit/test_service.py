@@ -391,3 +391,56 @@ def test_repeated_basic_without_the_cookie_creates_one_session() -> None:
     assert all(isinstance(a, Allow) for a in answers)
     with_cookie = [a for a in answers if any(k == "set-cookie" for k, _ in a.response_headers)]
     assert len(with_cookie) == 1
+
+
+def test_two_replicas_asked_at_once_verify_once() -> None:
+    calls = 0
+
+    async def slow(username: str, password: str) -> Any:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.2)
+        return Verified(ALICE)
+
+    store = MemoryStore("t:")
+    one, _ = service(store=store, basic=slow)
+    two, _ = service(store=store.sibling(), basic=slow)
+    header_value = basic_header("alice", "pw")
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(
+            *(svc.check(request(authorization=header_value)) for svc in (one, two) * 4)
+        )
+
+    answers = run(scenario())
+    assert all(isinstance(a, Allow) for a in answers)
+    assert calls == 1
+
+
+def test_a_replica_left_without_an_answer_verifies_itself() -> None:
+    outcomes: list[Any] = [Unavailable("timeout"), Verified(ALICE)]
+    calls = 0
+
+    async def verifier(username: str, password: str) -> Any:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.1)
+        return outcomes.pop(0)
+
+    store = MemoryStore("t:")
+    one, _ = service(store=store, basic=verifier)
+    two, _ = service(store=store.sibling(), basic=verifier)
+    header_value = basic_header("alice", "pw")
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(
+            one.check(request(authorization=header_value)),
+            two.check(request(authorization=header_value)),
+        )
+
+    first, second = run(scenario())
+    # One replica asked and got no answer (IdP down: nothing cached); the other, which
+    # was waiting, found the claim free again and asked itself.
+    statuses = sorted(a.status if isinstance(a, Deny) else 200 for a in (first, second))
+    assert statuses == [200, 503]
+    assert calls == 2
