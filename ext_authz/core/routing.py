@@ -18,7 +18,6 @@ __all__ = [
     "ApplicationIndex",
     "OutpostRoute",
     "outpost_route",
-    "select_application",
     "split_host",
 ]
 
@@ -79,13 +78,6 @@ class ApplicationIndex:
             if port is not None and app.port == port:
                 return app
         return candidates[0]
-
-
-def select_application(
-    request: AuthRequest, applications: Sequence[Application]
-) -> Application | None:
-    """One-off form of `ApplicationIndex(applications).select(request)`."""
-    return ApplicationIndex(applications).select(request)
 
 
 def outpost_route(request: AuthRequest) -> OutpostRoute | None:

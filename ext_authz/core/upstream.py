@@ -20,7 +20,6 @@ from typing import Any
 from ext_authz.core.model import Identity
 
 __all__ = [
-    "SPOOFABLE_PREFIX",
     "UpstreamHeaders",
     "client_authentik_headers",
     "identity_headers",
@@ -28,7 +27,6 @@ __all__ = [
     "upstream_basic",
 ]
 
-SPOOFABLE_PREFIX = "x-authentik-"
 # A field value (RFC 9110 §5.5) without control characters: visible ASCII, space,
 # tab and obs-text (>= 0x80) are fine; CR, LF, NUL, DEL and the other controls are not,
 # nor lone surrogates (a JSON "\ud800" escape in a claim): they have no UTF-8 form.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ext_authz.core.model import AuthRequest
-from ext_authz.core.routing import OutpostRoute, outpost_route, select_application, split_host
+from ext_authz.core.routing import ApplicationIndex, OutpostRoute, outpost_route, split_host
 from tests.unit.conftest import app_config, apps
 
 APPS = apps(
@@ -71,7 +71,7 @@ def request(host: str = "", scheme: str = "", **context: str) -> AuthRequest:
 def test_select_application(
     host: str, scheme: str, context: dict[str, str], expected: str | None
 ) -> None:
-    chosen = select_application(request(host, scheme, **context), APPS)
+    chosen = ApplicationIndex(APPS).select(request(host, scheme, **context))
     assert (chosen.name if chosen is not None else None) == expected
 
 
