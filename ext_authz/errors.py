@@ -4,6 +4,7 @@
      +-- ConfigError          the configuration is wrong; carries one message per key path
      +-- StoreUnavailable     the session/cache store did not answer (down, timeout)
      +-- IdPUnavailable       the IdP did not answer usefully (timeout, refused, 5xx, bad JSON)
+    TokenError (a ValueError)  the IdP refused a request (4xx) or a token failed verification
 
 Adapters wrap their libraries' errors into these, so the service maps faults to the
 documented answers (SPEC §8: 503 with Retry-After, never an allow) in one place.
@@ -11,7 +12,7 @@ documented answers (SPEC §8: 503 with Retry-After, never an allow) in one place
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ExtAuthzError", "IdPUnavailable", "StoreUnavailable"]
+__all__ = ["ConfigError", "ExtAuthzError", "IdPUnavailable", "StoreUnavailable", "TokenError"]
 
 
 class ExtAuthzError(Exception):
@@ -32,3 +33,16 @@ class StoreUnavailable(ExtAuthzError):
 
 class IdPUnavailable(ExtAuthzError):
     """The identity provider could not be reached, timed out, or answered 5xx."""
+
+
+class TokenError(ValueError):
+    """The IdP refused a request (4xx) or a token failed verification.
+
+    `error` is the OAuth error code (`invalid_grant`) or a short reason
+    (`expired`); it never holds the credential.
+    """
+
+    def __init__(self, error: str, description: str = "") -> None:
+        self.error = error
+        self.description = description
+        super().__init__(f"{error}: {description}" if description else error)

@@ -1,5 +1,7 @@
 """The one place that orders I/O for a Check (STYLE.md: service).
 
+(The browser sign-in's own I/O, start/callback/sign-out, is `ext_authz.signin`.)
+
 `CheckService.check(request)` resolves the application, asks the store and the
 verifiers, lets `core` decide, applies the effects (create/delete sessions, cache
 credentials, store login states) and maps faults to the documented answers:
@@ -11,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,8 +21,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from ext_authz.core import routing, steps
-from ext_authz.core.claims import attributes_at, identity_from_claims
-from ext_authz.core.cookies import expire_cookie, get_cookie, session_cookie
+from ext_authz.core.cookies import get_cookie
 from ext_authz.core.credentials import (
     BasicCredential,
     BearerCredential,
@@ -34,17 +32,14 @@ from ext_authz.core.decision import (
     Deny,
     GrpcCode,
     deny_tcp,
-    error_page,
     not_found_app,
-    redirect,
-    unauthorized,
     unavailable,
-    unavailable_page,
 )
-from ext_authz.core.login import authorize_url, end_session_url, safe_return_url
+from ext_authz.core.login import safe_return_url
 from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
-from ext_authz.errors import IdPUnavailable, StoreUnavailable
+from ext_authz.errors import StoreUnavailable
 from ext_authz.logs import event
+from ext_authz.signin import BrowserSignIn
 
 if TYPE_CHECKING:
     from ext_authz.adapters.oidc import OIDCClient
@@ -55,9 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AppRuntime", "CheckService"]
 
-LOGIN_TTL = 600.0
 _PEER_POLL = 0.02  # seconds between looks at the cache while another replica verifies
-START_PATH = routing.OUTPOST_PREFIX + "start"
 
 BasicVerifier = Callable[[str, str], Awaitable["VerifyOutcome"]]
 BearerVerifier = Callable[[str], Awaitable["VerifyOutcome"]]
@@ -91,6 +84,7 @@ class CheckService:
         self._logins = logins
         self._metrics = metrics
         self._clock = clock
+        self._signin = BrowserSignIn(sessions=sessions, logins=logins, metrics=metrics, clock=clock)
         self._inflight: dict[tuple[str, str], asyncio.Future[VerifyOutcome]] = {}
 
     # --- the entry point -----------------------------------------------------------
@@ -148,11 +142,11 @@ class CheckService:
             )
         if route is routing.OutpostRoute.START:
             rd = dict(parse_qsl(request.query)).get("rd")
-            return await self._start_login(request, rt, safe_return_url(rd, app))
+            return await self._signin.start(request, app, rt.oidc, safe_return_url(rd, app))
         if route is routing.OutpostRoute.CALLBACK:
-            return await self._callback(request, rt)
+            return await self._signin.callback(request, app, rt.oidc)
         if route is routing.OutpostRoute.SIGN_OUT:
-            return await self._sign_out(request, rt)
+            return await self._signin.sign_out(request, app, rt.oidc)
 
         session, stale, store_down = await self._load_session(request, app)
         credential = verdict = None
@@ -174,7 +168,7 @@ class CheckService:
             )
         )
         if isinstance(outcome, steps.StartLogin):
-            answer = await self._start_login(request, rt, outcome.return_to)
+            answer = await self._signin.start(request, app, rt.oidc, outcome.return_to)
             if outcome.expire_session:
                 answer = answer.with_headers(("set-cookie", steps.expire_session_cookie(app)))
             return answer
@@ -326,10 +320,6 @@ class CheckService:
         except StoreUnavailable:
             self._metrics.store_errors.labels("credential_put").inc()
 
-    def _store_down_page(self, operation: str) -> Deny:
-        self._metrics.store_errors.labels(operation).inc()
-        return unavailable_page(store=True)
-
     def _log_rejected(self, request: AuthRequest, app: str, method: str, reason: str) -> None:
         event(
             logging.INFO,
@@ -342,25 +332,10 @@ class CheckService:
 
     # --- sessions --------------------------------------------------------------------
 
-    def _session_expiry(self, app: Application, identity: Identity) -> float:
-        expires = self._clock() + app.session_lifetime
-        if identity.expires_at is not None:
-            expires = min(expires, identity.expires_at)
-        return expires
-
-    def _session_cookie(self, app: Application, value: str, expires_at: float) -> str:
-        return session_cookie(
-            app.cookie_name,
-            value,
-            max_age=int(expires_at - self._clock()),
-            secure=app.secure,
-            domain=app.cookie_domain,
-        )
-
     async def _with_new_session(
         self, request: AuthRequest, app: Application, allow: Allow, identity: Identity
     ) -> Allow:
-        expires_at = self._session_expiry(app, identity)
+        expires_at = steps.session_expiry(app, identity, self._clock())
         if expires_at - self._clock() < 1:
             return allow
         try:
@@ -376,239 +351,8 @@ class CheckService:
             return allow
         self._metrics.sessions_created.labels(app.name, allow.method).inc()
         return allow.with_response_headers(
-            ("set-cookie", self._session_cookie(app, value, expires_at))
+            ("set-cookie", steps.session_set_cookie(app, value, expires_at, self._clock()))
         )
-
-    # --- browser sign-in (SPEC §6) ---------------------------------------------------
-
-    def _login_cookie(self, app: Application, value: str, max_age: int) -> str:
-        return session_cookie(
-            steps.login_cookie_name(app),
-            value,
-            max_age=max_age,
-            secure=app.secure,
-            domain=app.cookie_domain,
-        )
-
-    async def _start_login(self, request: AuthRequest, rt: AppRuntime, return_to: str) -> Deny:
-        app = rt.app
-        if rt.oidc is None:
-            return unauthorized(
-                request,
-                realm=app.name,
-                basic=app.receive.basic.enabled,
-                bearer=app.receive.bearer.enabled,
-                invalid_token=False,
-                detail="authentication required",
-                reason="unauthenticated",
-            )
-        try:
-            discovery = await rt.oidc.discovery()
-        except IdPUnavailable:
-            return unavailable(
-                request, detail="identity provider unavailable", reason="idp_unavailable"
-            )
-        # Several tabs may sign in at once: they share one binding cookie.
-        binding = get_cookie(request.header("cookie"), steps.login_cookie_name(app))
-        if not binding or len(binding) < 32 or len(binding) > 128:
-            binding = secrets.token_urlsafe(32)
-        state, nonce, verifier = (
-            secrets.token_urlsafe(32),
-            secrets.token_urlsafe(32),
-            secrets.token_urlsafe(64),
-        )
-        record = {
-            "app": app.name,
-            "verifier": verifier,
-            "nonce": nonce,
-            "return_to": return_to,
-            "created_at": self._clock(),
-            "binding": _digest(binding),
-        }
-        try:
-            await self._logins.put(state, record, LOGIN_TTL)
-        except StoreUnavailable:
-            self._metrics.store_errors.labels("login_put").inc()
-            return unavailable(
-                request, detail="session store unavailable", reason="store_unavailable"
-            )
-        assert app.oidc is not None
-        location = authorize_url(
-            discovery.authorization_endpoint,
-            client_id=app.oidc.client_id,
-            redirect_uri=app.redirect_uri,
-            scopes=app.oidc.scopes,
-            state=state,
-            nonce=nonce,
-            verifier=verifier,
-        )
-        return redirect(
-            location, reason="login", cookies=(self._login_cookie(app, binding, int(LOGIN_TTL)),)
-        )
-
-    async def _callback(self, request: AuthRequest, rt: AppRuntime) -> Deny:
-        app = rt.app
-        start_link = (app.external_host.rstrip("/") + START_PATH, "Sign in again")
-        params = dict(parse_qsl(request.query, keep_blank_values=True))
-        if rt.oidc is None:
-            return error_page(
-                404,
-                title="Not found",
-                detail="this application has no sign-in",
-                reason="callback_no_oidc",
-            )
-        if "error" in params:
-            event(
-                logging.INFO,
-                "sign-in refused by the identity provider",
-                app=app.name,
-                error=params["error"][:100],
-                request_id=request.request_id,
-            )
-            return error_page(
-                403,
-                title="Sign-in failed",
-                detail=f"The identity provider answered: {params['error'][:100]}",
-                reason="callback_idp_error",
-                link=start_link,
-            )
-        state, code = params.get("state", ""), params.get("code", "")
-        if not state or not code:
-            return error_page(
-                400,
-                title="Sign-in failed",
-                detail="The sign-in link is incomplete.",
-                reason="callback_bad_request",
-                link=start_link,
-            )
-        try:
-            record = await self._logins.take(state)
-        except StoreUnavailable:
-            return self._store_down_page("login_take")
-        binding = get_cookie(request.header("cookie"), steps.login_cookie_name(app)) or ""
-        if (
-            record is None
-            or record.get("app") != app.name
-            or float(record.get("created_at", 0)) + LOGIN_TTL < self._clock()
-            or not hmac.compare_digest(str(record.get("binding", "")), _digest(binding))
-        ):
-            event(
-                logging.INFO, "sign-in state rejected", app=app.name, request_id=request.request_id
-            )
-            return error_page(
-                400,
-                title="Sign-in expired",
-                detail="This sign-in link has expired or was already used.",
-                reason="callback_bad_state",
-                link=start_link,
-            )
-        from ext_authz.adapters.oidc import TokenError
-
-        try:
-            tokens = await rt.oidc.exchange_code(code, str(record["verifier"]), app.redirect_uri)
-            claims = await rt.oidc.verify_id_token(tokens.id_token, nonce=str(record["nonce"]))
-            attributes_claim = app.oidc.attributes_claim if app.oidc else ""
-            if not attributes_at(claims, attributes_claim) and tokens.access_token:
-                # The id_token lacks the attributes: userinfo fills what is missing,
-                # provided it speaks of the same subject (OIDC Core §5.3.2).
-                extra = await rt.oidc.userinfo(tokens.access_token)
-                if extra.get("sub") == claims.get("sub"):
-                    claims = {**extra, **claims}
-        except IdPUnavailable:
-            return unavailable_page(store=False)
-        except TokenError as exc:
-            event(
-                logging.INFO,
-                "sign-in token rejected",
-                app=app.name,
-                reason=str(exc)[:200],
-                request_id=request.request_id,
-            )
-            return error_page(
-                400,
-                title="Sign-in failed",
-                detail="The sign-in could not be completed.",
-                reason="callback_token_error",
-                link=start_link,
-            )
-        assert app.oidc is not None
-        try:
-            identity = identity_from_claims(
-                claims,
-                attributes_claim=app.oidc.attributes_claim,
-                provider=app.oidc.client_id,
-                token=tokens.id_token,
-                id_token=tokens.id_token,
-            )
-        except ValueError:
-            return error_page(
-                400,
-                title="Sign-in failed",
-                detail="The identity has no subject.",
-                reason="callback_token_error",
-                link=start_link,
-            )
-        expires_at = self._session_expiry(app, identity)
-        try:
-            value = await self._sessions.create(app.name, identity, expires_at)
-        except StoreUnavailable:
-            return self._store_down_page("session_create")
-        self._metrics.sessions_created.labels(app.name, "sign_in").inc()
-        event(
-            logging.INFO,
-            "signed in",
-            app=app.name,
-            user=identity.preferred_username,
-            request_id=request.request_id,
-        )
-        return_to = safe_return_url(str(record.get("return_to", "")), app)
-        return redirect(
-            return_to,
-            reason="signed_in",
-            cookies=(
-                self._session_cookie(app, value, expires_at),
-                expire_cookie(
-                    steps.login_cookie_name(app), secure=app.secure, domain=app.cookie_domain
-                ),
-            ),
-        )
-
-    async def _sign_out(self, request: AuthRequest, rt: AppRuntime) -> Deny:
-        app = rt.app
-        home = app.external_host.rstrip("/") + "/"
-        expired = steps.expire_session_cookie(app)
-        value = get_cookie(request.header("cookie"), app.cookie_name)
-        record = None
-        if value:
-            try:
-                record = await self._sessions.get(app.name, value)
-                if record is not None:
-                    ended = await self._sessions.end_all_for(app.name, record.identity.sub)
-                    self._metrics.sessions_ended.labels(app.name).inc(ended)
-            except StoreUnavailable:
-                return self._store_down_page("sign_out")
-        if record is None:
-            return redirect(home, reason="signed_out", cookies=(expired,) if value else ())
-        event(
-            logging.INFO,
-            "signed out",
-            app=app.name,
-            user=record.identity.preferred_username,
-            request_id=request.request_id,
-        )
-        location = home
-        if rt.oidc is not None:
-            try:
-                discovery = await rt.oidc.discovery()
-                location = end_session_url(
-                    discovery.end_session_endpoint,
-                    id_token=record.identity.id_token,
-                    post_logout_redirect_uri=app.external_host,
-                    fallback=home,
-                )
-            except IdPUnavailable:
-                location = home
-        return redirect(location, reason="signed_out", cookies=(expired,))
 
 
 def _claim_window(app: Application) -> float:
@@ -618,7 +362,3 @@ def _claim_window(app: Application) -> float:
     if app.oidc is None:
         return 2.0
     return min(10.0, 2 * app.oidc.timeout + 1)
-
-
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()

@@ -38,7 +38,7 @@ import jwt
 from ext_authz.adapters.jwks import JWKSCache
 from ext_authz.core.claims import identity_from_claims
 from ext_authz.core.model import Identity, Rejected, Unavailable, Verified, VerifyOutcome
-from ext_authz.errors import IdPUnavailable
+from ext_authz.errors import IdPUnavailable, TokenError
 
 if TYPE_CHECKING:
     from ext_authz.config import OIDCSettings
@@ -62,19 +62,6 @@ DISCOVERY_RETRY = 5.0  # seconds between discovery attempts while the IdP is fai
 _SAFE_ERROR = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 BearerMode = Literal["auto", "jwt", "introspection"]
-
-
-class TokenError(ValueError):
-    """The IdP refused a request (4xx) or a token failed verification.
-
-    `error` is the OAuth error code (`invalid_grant`) or a short reason
-    (`expired`); it never holds the credential.
-    """
-
-    def __init__(self, error: str, description: str = "") -> None:
-        self.error = error
-        self.description = description
-        super().__init__(f"{error}: {description}" if description else error)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ext_authz.core.cookies import expire_cookie, strip_cookies
+from ext_authz.core.cookies import expire_cookie, session_cookie, strip_cookies
 from ext_authz.core.credentials import (
     AUTHENTIK_TOKEN_USERNAME,
     BasicCredential,
@@ -46,6 +46,8 @@ __all__ = [
     "is_browser_navigation",
     "login_cookie_name",
     "original_url",
+    "session_expiry",
+    "session_set_cookie",
 ]
 
 
@@ -190,6 +192,25 @@ def _expiring(facts: Facts, deny: Deny) -> Deny:
     if facts.stale_cookie:
         return deny.with_headers(("set-cookie", expire_session_cookie(facts.app)))
     return deny
+
+
+def session_expiry(app: Application, identity: Identity, now: float) -> float:
+    """min(session_lifetime, the token's exp) from now (SPEC §6)."""
+    expires = now + app.session_lifetime
+    if identity.expires_at is not None:
+        expires = min(expires, identity.expires_at)
+    return expires
+
+
+def session_set_cookie(app: Application, value: str, expires_at: float, now: float) -> str:
+    """The Set-Cookie value of a new session (SPEC §6's attributes)."""
+    return session_cookie(
+        app.cookie_name,
+        value,
+        max_age=int(expires_at - now),
+        secure=app.secure,
+        domain=app.cookie_domain,
+    )
 
 
 def expire_session_cookie(app: Application) -> str:
