@@ -120,7 +120,7 @@ def idp(workdir: Path, envoy_port_pool: _PortPool) -> Iterator[IdP]:
             f"{IDP_DIR / 'node_modules'} is missing: run `npm ci --prefix tests/idp`",
             pytrace=False,
         )
-    server = build_idp(workdir, envoy_port_pool.all).start()
+    server = build_idp(workdir, envoy_port_pool.all, shared_domain=True).start()
     yield server
     server.stop()
 

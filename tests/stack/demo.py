@@ -102,6 +102,15 @@ OTHER_CLIENT_ID = "other-oidc"
 OTHER_CLIENT_SECRET = "other-oidc-client-secret-0123456789abcdef"
 
 
+# One sign-in across subdomains (cookie_domain): the browser test serves `app` as
+# app.example.test and other.example.test, mapped to loopback by Chromium's resolver rules.
+SHARED_DOMAIN = ".example.test"
+
+
+def shared_domain_url(envoy_port: int, host: str = "app") -> str:
+    return f"http://{host}{SHARED_DOMAIN}:{envoy_port}"
+
+
 def host_url(app: str, envoy_port: int) -> str:
     """The external_host of a demo application: http://<app>.localhost:<port>."""
     return f"http://{app}.localhost:{envoy_port}"
@@ -110,15 +119,18 @@ def host_url(app: str, envoy_port: int) -> str:
 # -- the IdP ---------------------------------------------------------------------------
 
 
-def idp_clients(envoy_ports: Sequence[int]) -> list[IdPClient]:
+def idp_clients(envoy_ports: Sequence[int], *, shared_domain: bool = False) -> list[IdPClient]:
     """The OIDC client of application `app`, valid for every Envoy port given
     (redirect URIs must match exactly, and each test stack has its own Envoy port)."""
+    hosts = [host_url("app", p) for p in envoy_ports]
+    if shared_domain:  # the cookie_domain browser test serves `app` as app.example.test
+        hosts += [shared_domain_url(p) for p in envoy_ports]
     return [
         IdPClient(
             client_id=OIDC_CLIENT_ID,
             client_secret=OIDC_CLIENT_SECRET,
-            redirect_uris=[host_url("app", p) + CALLBACK_PATH for p in envoy_ports],
-            post_logout_redirect_uris=[host_url("app", p) for p in envoy_ports],
+            redirect_uris=[host + CALLBACK_PATH for host in hosts],
+            post_logout_redirect_uris=hosts,
             token_endpoint_auth_method="client_secret_post",
         ),
         # Another application's client: its tokens must not open `app` (audience).
@@ -145,10 +157,16 @@ def idp_users() -> list[IdPUser]:
     ]
 
 
-def build_idp(workdir: Path, envoy_ports: Sequence[int], port: int | None = None) -> IdP:
+def build_idp(
+    workdir: Path,
+    envoy_ports: Sequence[int],
+    port: int | None = None,
+    *,
+    shared_domain: bool = False,
+) -> IdP:
     """The demo IdP (not started)."""
     return IdP(
-        clients=idp_clients(envoy_ports),
+        clients=idp_clients(envoy_ports, shared_domain=shared_domain),
         users=idp_users(),
         groups=GROUPS,
         workdir=Path(workdir),
