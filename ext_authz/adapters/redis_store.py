@@ -3,8 +3,8 @@
 URLs (`RedisStore.from_url`):
 
     redis://[user:pass@]host:port/db        rediss:// for TLS
-    redis+sentinel://[user:pass@]h:p,h:p/MASTER_NAME/db   (rediss+sentinel for TLS to Redis)
-    redis+cluster://[user:pass@]h:p,h:p                   (rediss+cluster for TLS)
+    redis+sentinel://[user:pass@]h:p,h:p/MASTER_NAME/db
+    redis+cluster://[user:pass@]h:p,h:p
 
 Keys are `{prefix}{namespace}:{key}`. Every operation touches a single key, so Cluster
 needs no hash tags. Multi-step operations on one key (index add with a growing TTL,
@@ -34,7 +34,6 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -46,6 +45,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from ext_authz.errors import StoreUnavailable
 from ext_authz.ports import ByteStore
+from ext_authz.store_url import parse_store_url
 
 __all__ = ["RedisStore"]
 
@@ -114,26 +114,22 @@ class RedisStore:
             # hanging Redis costs one `timeout`.
             "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         }
-        if scheme in ("redis", "rediss", "unix"):
+        if scheme in ("redis", "rediss"):
             client: Redis | RedisCluster = Redis.from_url(url, **common)
             return cls(client, key_prefix=key_prefix, timeout=timeout)
-        if scheme in ("redis+sentinel", "rediss+sentinel"):
-            nodes, user, password, path = _split_multi_host(url)
-            parts = [p for p in path.split("/") if p]
-            if not parts:
-                raise ValueError("redis+sentinel URL needs /MASTER_NAME[/db]")
-            service = unquote(parts[0])
-            db = int(parts[1]) if len(parts) > 1 else 0
+        # Several hosts: urlsplit cannot read them; the config's own parser can (and
+        # validated this URL at start-up).
+        parsed = parse_store_url(url)
+        if parsed.kind == "sentinel":
             sentinel_kwargs = {k: v for k, v in common.items() if k.startswith("socket_")}
             sentinel = Sentinel(  # type: ignore[no-untyped-call]
-                nodes, sentinel_kwargs=sentinel_kwargs, **common
+                list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **common
             )
             master = sentinel.master_for(
-                service,
-                db=db,
-                username=user,
-                password=password,
-                ssl=scheme.startswith("rediss"),
+                parsed.master_name,
+                db=parsed.db,
+                username=parsed.username,
+                password=parsed.password,
                 **common,
             )
             return cls(
@@ -142,13 +138,11 @@ class RedisStore:
                 timeout=timeout,
                 extra_closables=list(sentinel.sentinels),
             )
-        if scheme in ("redis+cluster", "rediss+cluster"):
-            nodes, user, password, _ = _split_multi_host(url)
+        if parsed.kind == "cluster":
             cluster = RedisCluster(
-                startup_nodes=[ClusterNode(h, p) for h, p in nodes],
-                username=user,
-                password=password,
-                ssl=scheme.startswith("rediss"),
+                startup_nodes=[ClusterNode(h, p) for h, p in parsed.hosts],
+                username=parsed.username,
+                password=parsed.password,
                 **common,
             )
             return cls(cluster, key_prefix=key_prefix, timeout=timeout)
@@ -349,38 +343,6 @@ async def _awaitable(value: Any) -> Any:
     """redis-py types some commands as `Awaitable[X] | X`; on the asyncio client they
     are always awaitable."""
     return await value if inspect.isawaitable(value) else value
-
-
-def _split_multi_host(url: str) -> tuple[list[tuple[str, int]], str | None, str | None, str]:
-    """Split `scheme://[user:pass@]h:p,h:p/path` (urlsplit cannot parse the host list)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    user: str | None = None
-    password: str | None = None
-    if "@" in netloc:
-        userinfo, netloc = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            raw_user, raw_pass = userinfo.split(":", 1)
-            user, password = unquote(raw_user) or None, unquote(raw_pass)
-        else:
-            user = unquote(userinfo) or None
-    nodes: list[tuple[str, int]] = []
-    for item in netloc.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item.startswith("["):  # [ipv6]:port
-            host, _, rest = item[1:].partition("]")
-            port = rest.lstrip(":")
-        else:
-            host, _, port = item.rpartition(":")
-            if not host:
-                host, port = item, ""
-        default = 26379 if "sentinel" in parts.scheme else 6379
-        nodes.append((host, int(port) if port else default))
-    if not nodes:
-        raise ValueError("Redis URL names no host")
-    return nodes, user, password, parts.path
 
 
 def _check(store: RedisStore) -> ByteStore:  # mypy: RedisStore satisfies the port

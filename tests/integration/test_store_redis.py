@@ -11,12 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from ext_authz.adapters.redis_store import RedisStore, _split_multi_host
+from ext_authz.adapters.redis_store import RedisStore
 from ext_authz.adapters.store_factory import open_store
 from ext_authz.core.model import Identity
 from ext_authz.errors import ConfigError, StoreUnavailable
 from ext_authz.ports import ByteStore, Namespace
 from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
+from ext_authz.store_url import parse_store_url
 from tests.integration.redis_topology import RedisHarness, RedisProcess, raw_entries, redis_server
 from tests.integration.store_suite import StoreBehaviour, eventually, run
 
@@ -68,14 +69,16 @@ def test_open_store_picks_the_adapter_and_refuses_unknown_schemes() -> None:
 
 
 def test_multi_host_urls_are_split() -> None:
-    nodes, user, password, path = _split_multi_host(
+    # RedisStore connects to Sentinel and Cluster with these parts.
+    sentinel = parse_store_url(
         "redis+sentinel://me:p%40ss@10.0.0.1:26380,[::1]:26381,host3/mymaster/2"
     )
-    assert nodes == [("10.0.0.1", 26380), ("::1", 26381), ("host3", 26379)]
-    assert (user, password, path) == ("me", "p@ss", "/mymaster/2")
-    nodes, user, password, _ = _split_multi_host("redis+cluster://:pw@a:7000,b:7001")
-    assert nodes == [("a", 7000), ("b", 7001)]
-    assert (user, password) == (None, "pw")
+    assert sentinel.hosts == (("10.0.0.1", 26380), ("::1", 26381), ("host3", 26379))
+    assert (sentinel.username, sentinel.password) == ("me", "p@ss")
+    assert (sentinel.master_name, sentinel.db) == ("mymaster", 2)
+    cluster = parse_store_url("redis+cluster://:pw@a:7000,b:7001")
+    assert cluster.hosts == (("a", 7000), ("b", 7001))
+    assert (cluster.username, cluster.password) == (None, "pw")
 
 
 # --- faults -----------------------------------------------------------------------
