@@ -30,7 +30,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from ext_authz.core.model import Identity
 from ext_authz.crypto import (
@@ -91,7 +91,12 @@ class SessionRecord:
     key: str
 
 
-V = TypeVar("V")
+class _Expiring(Protocol):
+    @property
+    def expires_at(self) -> float: ...
+
+
+V = TypeVar("V", bound=_Expiring)
 
 
 class _LocallyCached(Generic[V]):
@@ -114,6 +119,35 @@ class _LocallyCached(Generic[V]):
         self._local: LocalCache[str, V] = LocalCache(
             local_ttl, max_entries=local_max_entries, clock=clock_mono
         )
+
+    async def _lookup(
+        self,
+        namespace: str,
+        key: str,
+        *,
+        material: str,
+        context: bytes,
+        decode: Callable[[dict[str, Any] | None], V | None],
+    ) -> V | None:
+        """The live value at `key`: the local copy while it lasts, else the store's,
+        unsealed with `material` (the cookie or header value) and decoded; None when
+        absent, expired, tampered or sealed for something else."""
+        now = self._wall()
+        cached = self._local.get(key)
+        if cached is not None:
+            if cached.expires_at > now:
+                return cached
+            self._local.delete(key)
+        blob = await self._store.get(namespace, key)
+        if blob is None:
+            return None
+        value = decode(
+            _loads(open_sealed(material.encode("utf-8"), blob, context=context, salt=self._secret))
+        )
+        if value is None or value.expires_at <= now:
+            return None
+        self._local.put(key, value, value.expires_at - now)
+        return value
 
 
 class SessionRepository(_LocallyCached[SessionRecord]):
@@ -160,24 +194,14 @@ class SessionRepository(_LocallyCached[SessionRecord]):
         if not cookie_value or len(cookie_value) > _MAX_TOKEN_LEN:
             return None
         key = session_key_id(cookie_value)
-        now = self._wall()
-        cached = self._local.get(key)
-        if cached is not None:
-            if cached.expires_at <= now:
-                self._local.delete(key)
-                return None
-            return cached if cached.app == app else None
-        blob = await self._store.get(Namespace.SESSION, key)
-        if blob is None:
-            return None
-        data = _loads(
-            open_sealed(cookie_value.encode("utf-8"), blob, context=_SESSION, salt=self._secret)
+        record = await self._lookup(
+            Namespace.SESSION,
+            key,
+            material=cookie_value,
+            context=_SESSION,
+            decode=lambda data: _session_from(data, key),
         )
-        record = _session_from(data, key)
-        if record is None or record.expires_at <= now:
-            return None
-        self._local.put(key, record, record.expires_at - now)
-        return record if record.app == app else None
+        return record if record is not None and record.app == app else None
 
     async def end(self, cookie_value: str) -> None:
         """End one session (its index entry expires by itself)."""
@@ -259,26 +283,20 @@ class CredentialCache(_LocallyCached["CachedCredential"]):
 
     async def get(self, app: str, header_value: str) -> CachedCredential | None:
         key = credential_cache_key(self._secret, app, header_value)
-        now = self._wall()
-        cached = self._local.get(key)
-        if cached is not None:
-            if cached.expires_at > now:
-                return cached
-            self._local.delete(key)
-        blob = await self._store.get(Namespace.CREDENTIAL, key)
-        if blob is None:
-            return None
-        data = _loads(
-            open_sealed(header_value.encode("utf-8"), blob, context=_CREDENTIAL, salt=self._secret)
+        return await self._lookup(
+            Namespace.CREDENTIAL,
+            key,
+            material=header_value,
+            context=_CREDENTIAL,
+            decode=lambda data: self._live_credential(_credential_from(data, app)),
         )
-        entry = _credential_from(data, app)
-        if entry is None or entry.expires_at <= now:
-            return None
-        identity_exp = entry.identity.expires_at if entry.identity is not None else None
-        if identity_exp is not None and identity_exp <= now:
-            return None
-        self._local.put(key, entry, entry.expires_at - now)
-        return entry
+
+    def _live_credential(self, entry: CachedCredential | None) -> CachedCredential | None:
+        """An entry whose identity's own token has not expired (the cache TTL was
+        bounded by it when written; this covers clock skew between replicas)."""
+        if entry is None or entry.identity is None or entry.identity.expires_at is None:
+            return entry
+        return entry if entry.identity.expires_at > self._wall() else None
 
     async def put_verified(
         self, app: str, header_value: str, identity: Identity, ttl: float
