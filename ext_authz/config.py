@@ -18,7 +18,6 @@ is what `ext-authz check-config` prints.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,9 +42,18 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ext_authz.core.cookies import cookie_name_for
 from ext_authz.durations import parse_duration
 from ext_authz.errors import ConfigError
-from ext_authz.store_url import REDACTED, StoreURL, parse_store_url, redact_store_url
+from ext_authz.store_url import (
+    HOST_NAME as _HOST_NAME,
+)
+from ext_authz.store_url import (
+    REDACTED,
+    StoreURL,
+    parse_store_url,
+    redact_store_url,
+)
 
 __all__ = [
     "REDACTED",
@@ -141,7 +149,6 @@ def _secret_from_file(data: Any, name: str) -> Any:
 # ---------------------------------------------------------------------------------------
 # Addresses and URLs
 
-_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?", re.IGNORECASE)
 _IPV6 = re.compile(r"\[[0-9a-f:.]+\]", re.IGNORECASE)
 
 
@@ -595,8 +602,7 @@ class Application(BaseModel):
     @cached_property
     def cookie_name(self) -> str:
         """authentik's session cookie name: authentik_proxy_ + sha256(client_id)[:8]."""
-        basis = self.oidc.client_id if self.oidc is not None else self.name
-        return "authentik_proxy_" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:8]
+        return cookie_name_for(self.oidc.client_id if self.oidc is not None else self.name)
 
     @cached_property
     def provider_name(self) -> str:

@@ -173,7 +173,13 @@ class CheckService:
                 answer = answer.with_headers(("set-cookie", steps.expire_session_cookie(app)))
             return answer
         if isinstance(outcome, Allow) and outcome.create_session and outcome.identity:
-            return await self._with_new_session(request, app, outcome, outcome.identity)
+            allowed = await self._with_new_session(request, app, outcome, outcome.identity)
+            if stale and not allowed.response_headers:
+                # No new session replaced the stale cookie (store down): expire it.
+                allowed = allowed.with_response_headers(
+                    ("set-cookie", steps.expire_session_cookie(app))
+                )
+            return allowed
         return outcome
 
     async def _load_session(
@@ -214,27 +220,22 @@ class CheckService:
             cached = None
         if cached is not None:
             self._metrics.count_cache("credential", "hit")
-            if cached.identity is not None:
-                return Verified(cached.identity, cached=True)
-            return Rejected(cached.reason or "rejected (cached)")
+            return cached.outcome()
         self._metrics.count_cache("credential", "miss")
 
-        # One verification per credential per process at a time; later callers share it.
+        # One verification per credential per process at a time, run as a task of its
+        # own: a caller whose RPC is cancelled (Envoy's timeout, a client gone) must not
+        # cancel it for the others waiting on the same credential.
         key = (app.name, header_value)
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[VerifyOutcome] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            outcome = await self._verify_shared(rt, credential, header_value)
-            future.set_result(outcome)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        finally:
-            del self._inflight[key]
+        task = self._inflight.get(key)
+        first = task is None
+        if task is None:
+            task = asyncio.ensure_future(self._verify_shared(rt, credential, header_value))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._verification_done(key, done))
+        outcome = await asyncio.shield(task)
+        if not first:
+            return outcome
         if isinstance(outcome, Rejected):
             self._log_rejected(request, app.name, method, outcome.reason)
         elif isinstance(outcome, Unavailable):
@@ -247,6 +248,12 @@ class CheckService:
                 request_id=request.request_id,
             )
         return outcome
+
+    def _verification_done(self, key: tuple[str, str], task: asyncio.Future[VerifyOutcome]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: the waiters re-raise it themselves
 
     async def _verify_shared(
         self, rt: AppRuntime, credential: BasicCredential | BearerCredential, header_value: str
@@ -266,9 +273,7 @@ class CheckService:
                 break
             if cached is not None:
                 self._metrics.count_cache("credential", "peer")
-                if cached.identity is not None:
-                    return Verified(cached.identity, cached=True)
-                return Rejected(cached.reason or "rejected (cached)")
+                return cached.outcome()
             # The other replica finished without caching (IdP down, an expiring token):
             # the claim is free again, and this replica asks.
             claimed = await self._claim(app.name, header_value, window)

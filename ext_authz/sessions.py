@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from ext_authz.core.model import Identity
+from ext_authz.core.model import Identity, Rejected, Verified
 from ext_authz.crypto import (
     credential_cache_key,
     hmac_hex,
@@ -271,6 +271,12 @@ class CachedCredential:
     @property
     def ok(self) -> bool:
         return self.verdict == "ok"
+
+    def outcome(self) -> Verified | Rejected:
+        """The verifier's answer this entry remembers."""
+        if self.identity is not None:
+            return Verified(self.identity, cached=True)
+        return Rejected(self.reason or "rejected (cached)")
 
 
 class CredentialCache(_LocallyCached["CachedCredential"]):

@@ -9,7 +9,6 @@ redirect loop), or a 503 page with Retry-After when the store or the IdP is down
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import secrets
 import time
@@ -30,6 +29,7 @@ from ext_authz.core.decision import (
 )
 from ext_authz.core.login import authorize_url, end_session_url, safe_return_url
 from ext_authz.core.model import AuthRequest
+from ext_authz.crypto import constant_time_equals
 from ext_authz.errors import IdPUnavailable, StoreUnavailable, TokenError
 from ext_authz.logs import event
 
@@ -176,7 +176,7 @@ class BrowserSignIn:
             record is None
             or record.get("app") != app.name
             or float(record.get("created_at", 0)) + LOGIN_TTL < self._clock()
-            or not hmac.compare_digest(str(record.get("binding", "")), _digest(binding))
+            or not constant_time_equals(str(record.get("binding", "")), _digest(binding))
         ):
             event(
                 logging.INFO, "sign-in state rejected", app=app.name, request_id=request.request_id

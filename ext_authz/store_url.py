@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import parse_qsl, unquote
 
-__all__ = ["REDACTED", "StoreURL", "parse_store_url", "redact_store_url"]
+__all__ = ["HOST_NAME", "REDACTED", "StoreURL", "parse_store_url", "redact_store_url"]
 
 REDACTED = "**redacted**"
-_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?", re.IGNORECASE)
+# A host name as config and store URLs accept it (letters, digits, _ . -).
+HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def _parse_host_port(text: str, default_port: int) -> tuple[str, int]:
         port_text = rest[1:]
     else:
         host, _, port_text = text.partition(":")
-        if not _HOST_NAME.fullmatch(host):
+        if not HOST_NAME.fullmatch(host):
             raise ValueError("a host must be HOST[:PORT]")
     if not host:
         raise ValueError("a host name is missing")

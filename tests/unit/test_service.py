@@ -444,3 +444,55 @@ def test_a_replica_left_without_an_answer_verifies_itself() -> None:
     statuses = sorted(a.status if isinstance(a, Deny) else 200 for a in (first, second))
     assert statuses == [200, 503]
     assert calls == 2
+
+
+def test_a_cancelled_check_does_not_cancel_others_on_the_same_credential() -> None:
+    calls = 0
+
+    async def slow(username: str, password: str) -> Any:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.2)
+        return Verified(ALICE)
+
+    svc, _ = service(basic=slow)
+    header_value = basic_header("alice", "pw")
+
+    async def scenario() -> Any:
+        first = asyncio.ensure_future(svc.check(request(authorization=header_value)))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(svc.check(request(authorization=header_value)))
+        await asyncio.sleep(0.05)
+        first.cancel()  # e.g. Envoy gave up on this RPC
+        return await second
+
+    answer = run(scenario())
+    assert isinstance(answer, Allow) and answer.method == "basic"
+    assert calls == 1
+
+
+def test_stale_cookie_is_expired_when_no_session_can_replace_it() -> None:
+    async def verifier(username: str, password: str) -> Any:
+        return Verified(ALICE)
+
+    store = FailingStore("t:")
+    svc, _ = service(store=store, basic=verifier)
+    stale = f"{APP.cookie_name}=no-such-session-0123456789abcdefghijklmnopq"
+
+    async def scenario() -> Any:
+        # The cookie resolves to nothing (stale); then the store fails at create.
+        original_set = store.set
+
+        async def failing_set(*args: Any) -> None:
+            raise StoreUnavailable("down")
+
+        store.set = failing_set  # type: ignore[method-assign]
+        try:
+            return await svc.check(request(authorization=basic_header("alice", "pw"), cookie=stale))
+        finally:
+            store.set = original_set  # type: ignore[method-assign]
+
+    answer = run(scenario())
+    assert isinstance(answer, Allow)
+    cookies = [v for k, v in answer.response_headers if k == "set-cookie"]
+    assert len(cookies) == 1 and "Max-Age=0" in cookies[0]
