@@ -23,7 +23,6 @@ from ext_authz.core.decision import (
     Deny,
     error_page,
     redirect,
-    unauthorized,
     unavailable,
     unavailable_page,
 )
@@ -77,15 +76,7 @@ class BrowserSignIn:
     ) -> Deny:
         """302 to the IdP's authorization endpoint, with the login state stored."""
         if oidc is None:
-            return unauthorized(
-                request,
-                realm=app.name,
-                basic=app.receive.basic.enabled,
-                bearer=app.receive.bearer.enabled,
-                invalid_token=False,
-                detail="authentication required",
-                reason="unauthenticated",
-            )
+            return steps.challenge(request, app)
         try:
             discovery = await oidc.discovery()
         except IdPUnavailable:

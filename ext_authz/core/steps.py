@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Facts",
     "StartLogin",
+    "challenge",
     "credential_for",
     "decide",
     "expire_session_cookie",
@@ -173,16 +174,29 @@ def _method(credential: Credential | None) -> str:
     return "none"
 
 
-def _challenge(facts: Facts, *, invalid_token: bool, detail: str, reason: str) -> Deny:
-    app = facts.app
-    deny = unauthorized(
-        facts.request,
+def challenge(
+    request: AuthRequest,
+    app: Application,
+    *,
+    invalid_token: bool = False,
+    detail: str = "authentication required",
+    reason: str = "unauthenticated",
+) -> Deny:
+    """The application's 401: WWW-Authenticate for each scheme it receives."""
+    return unauthorized(
+        request,
         realm=app.name,
         basic=app.receive.basic.enabled,
         bearer=app.receive.bearer.enabled,
         invalid_token=invalid_token,
         detail=detail,
         reason=reason,
+    )
+
+
+def _challenge(facts: Facts, *, invalid_token: bool, detail: str, reason: str) -> Deny:
+    deny = challenge(
+        facts.request, facts.app, invalid_token=invalid_token, detail=detail, reason=reason
     )
     return _expiring(facts, deny)
 
