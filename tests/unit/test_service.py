@@ -100,6 +100,22 @@ class FailingStore(MemoryStore):
 Verifier = Callable[..., Awaitable[Any]]
 
 
+class CountingVerifier:
+    """A verifier that answers `outcomes` in order (the last one from then on), after
+    `delay` seconds, and counts its calls."""
+
+    def __init__(self, *outcomes: Any, delay: float = 0.0) -> None:
+        self._outcomes = list(outcomes)
+        self._delay = delay
+        self.calls = 0
+
+    async def __call__(self, username: str, password: str) -> Any:
+        self.calls += 1
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        return self._outcomes.pop(0) if len(self._outcomes) > 1 else self._outcomes[0]
+
+
 def service(
     *,
     store: MemoryStore | None = None,
@@ -309,13 +325,7 @@ def test_verifier_that_raises_fails_closed() -> None:
 
 
 def test_concurrent_identical_credentials_verify_once() -> None:
-    calls = 0
-
-    async def slow(username: str, password: str) -> Any:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.05)
-        return Verified(ALICE)
+    slow = CountingVerifier(Verified(ALICE), delay=0.05)
 
     svc, _ = service(basic=slow)
 
@@ -327,17 +337,11 @@ def test_concurrent_identical_credentials_verify_once() -> None:
 
     answers = run(scenario())
     assert all(isinstance(a, Allow) for a in answers)
-    assert calls == 1
+    assert slow.calls == 1
 
 
 def test_cached_rejection_and_unavailable_is_never_cached() -> None:
-    outcomes: list[Any] = [Unavailable("timeout"), Rejected("invalid_grant"), Verified(ALICE)]
-    calls = 0
-
-    async def verifier(username: str, password: str) -> Any:
-        nonlocal calls
-        calls += 1
-        return outcomes.pop(0)
+    verifier = CountingVerifier(Unavailable("timeout"), Rejected("invalid_grant"), Verified(ALICE))
 
     svc, _ = service(basic=verifier)
     header_value = basic_header("alice", "pw")
@@ -349,19 +353,14 @@ def test_cached_rejection_and_unavailable_is_never_cached() -> None:
     assert isinstance(first, Deny) and first.status == 503
     assert isinstance(second, Deny) and second.status == 401
     assert isinstance(third, Deny) and third.status == 401  # the rejection is cached
-    assert calls == 2
+    assert verifier.calls == 2
 
 
 def test_credential_cache_never_outlives_the_token() -> None:
     import time
 
     soon = Identity(sub="alice", expires_at=time.time() + 0.5)
-    calls = 0
-
-    async def verifier(username: str, password: str) -> Any:
-        nonlocal calls
-        calls += 1
-        return Verified(soon, ttl=60)
+    verifier = CountingVerifier(Verified(soon, ttl=60))
 
     svc, _ = service(basic=verifier)
     header_value = basic_header("alice", "pw")
@@ -369,12 +368,12 @@ def test_credential_cache_never_outlives_the_token() -> None:
     async def scenario() -> None:
         await svc.check(request(authorization=header_value))
         await svc.check(request(authorization=header_value))
-        assert calls == 1
+        assert verifier.calls == 1
         await asyncio.sleep(0.7)
         await svc.check(request(authorization=header_value))
 
     run(scenario())
-    assert calls == 2
+    assert verifier.calls == 2
 
 
 def test_repeated_basic_without_the_cookie_creates_one_session() -> None:
@@ -394,13 +393,7 @@ def test_repeated_basic_without_the_cookie_creates_one_session() -> None:
 
 
 def test_two_replicas_asked_at_once_verify_once() -> None:
-    calls = 0
-
-    async def slow(username: str, password: str) -> Any:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.2)
-        return Verified(ALICE)
+    slow = CountingVerifier(Verified(ALICE), delay=0.2)
 
     store = MemoryStore("t:")
     one, _ = service(store=store, basic=slow)
@@ -414,18 +407,11 @@ def test_two_replicas_asked_at_once_verify_once() -> None:
 
     answers = run(scenario())
     assert all(isinstance(a, Allow) for a in answers)
-    assert calls == 1
+    assert slow.calls == 1
 
 
 def test_a_replica_left_without_an_answer_verifies_itself() -> None:
-    outcomes: list[Any] = [Unavailable("timeout"), Verified(ALICE)]
-    calls = 0
-
-    async def verifier(username: str, password: str) -> Any:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.1)
-        return outcomes.pop(0)
+    verifier = CountingVerifier(Unavailable("timeout"), Verified(ALICE), delay=0.1)
 
     store = MemoryStore("t:")
     one, _ = service(store=store, basic=verifier)
@@ -443,17 +429,11 @@ def test_a_replica_left_without_an_answer_verifies_itself() -> None:
     # was waiting, found the claim free again and asked itself.
     statuses = sorted(a.status if isinstance(a, Deny) else 200 for a in (first, second))
     assert statuses == [200, 503]
-    assert calls == 2
+    assert verifier.calls == 2
 
 
 def test_a_cancelled_check_does_not_cancel_others_on_the_same_credential() -> None:
-    calls = 0
-
-    async def slow(username: str, password: str) -> Any:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.2)
-        return Verified(ALICE)
+    slow = CountingVerifier(Verified(ALICE), delay=0.2)
 
     svc, _ = service(basic=slow)
     header_value = basic_header("alice", "pw")
@@ -468,7 +448,7 @@ def test_a_cancelled_check_does_not_cancel_others_on_the_same_credential() -> No
 
     answer = run(scenario())
     assert isinstance(answer, Allow) and answer.method == "basic"
-    assert calls == 1
+    assert slow.calls == 1
 
 
 def test_stale_cookie_is_expired_when_no_session_can_replace_it() -> None:
