@@ -27,14 +27,7 @@ from ext_authz.core.credentials import (
     BearerCredential,
     MalformedCredential,
 )
-from ext_authz.core.decision import (
-    Allow,
-    Deny,
-    GrpcCode,
-    deny_tcp,
-    not_found_app,
-    unavailable,
-)
+from ext_authz.core.decision import Allow, Deny, deny_no_http, not_found_app, unavailable
 from ext_authz.core.login import safe_return_url
 from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
 from ext_authz.errors import StoreUnavailable
@@ -94,7 +87,7 @@ class CheckService:
         app_name = "-"
         try:
             if not request.has_http:
-                decision: Allow | Deny = deny_tcp()
+                decision: Allow | Deny = deny_no_http()
             else:
                 app = self._apps.select(request)
                 if app is None:
@@ -137,9 +130,7 @@ class CheckService:
         app = rt.app
         route = routing.outpost_route(request)
         if route is routing.OutpostRoute.PING:
-            return Deny(
-                status=204, reason="ping", grpc_code=GrpcCode.PERMISSION_DENIED, message="pong"
-            )
+            return Deny(status=204, reason="ping")
         if route is routing.OutpostRoute.START:
             rd = dict(parse_qsl(request.query)).get("rd")
             return await self._signin.start(request, app, rt.oidc, safe_return_url(rd, app))

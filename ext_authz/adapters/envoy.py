@@ -1,5 +1,11 @@
 """Translation between Envoy's protobuf and the core's values, both ways.
 
+Every gRPC notion lives here, not in the core: the core answers in HTTP terms and
+the CheckResponse's gRPC status is derived from that answer (`grpc_status`): OK for
+an allow; for a denial UNAUTHENTICATED (401), RESOURCE_EXHAUSTED (429), UNAVAILABLE
+(503) or PERMISSION_DENIED (everything else). Envoy itself only looks at OK versus
+not OK; the codes are for whoever reads Envoy's or Istio's access logs.
+
 Envoy 1.40's header-mutation rules (ENVOY_NOTES.md) decide the `append` settings:
 upstream headers with `append=false` (overwrite, so the upstream sees exactly one
 value); Set-Cookie on an allowed request in `response_headers_to_add` with `append`
@@ -25,9 +31,33 @@ from ext_authz._proto import (
 from ext_authz.core.decision import Allow, Deny
 from ext_authz.core.model import AuthRequest
 
-__all__ = ["to_auth_request", "to_check_response"]
+__all__ = ["GrpcCode", "grpc_status", "to_auth_request", "to_check_response"]
 
 _FALSE = BoolValue(value=False)
+
+
+class GrpcCode:
+    """The google.rpc.Code values a CheckResponse uses."""
+
+    OK = 0
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
+
+
+_CODE_BY_STATUS = {
+    401: GrpcCode.UNAUTHENTICATED,
+    429: GrpcCode.RESOURCE_EXHAUSTED,
+    503: GrpcCode.UNAVAILABLE,
+}
+
+
+def grpc_status(decision: Allow | Deny) -> int:
+    """The gRPC status code of the CheckResponse carrying `decision`."""
+    if isinstance(decision, Allow):
+        return GrpcCode.OK
+    return _CODE_BY_STATUS.get(decision.status, GrpcCode.PERMISSION_DENIED)
 
 
 def to_auth_request(message: CheckRequest) -> AuthRequest:
@@ -84,7 +114,9 @@ def _overwrite(key: str, value: str) -> HeaderValueOption:
     return option
 
 
-def to_check_response(decision: Allow | Deny) -> CheckResponse:
+def to_check_response(decision: Allow | Deny, *, http: bool = True) -> CheckResponse:
+    """The CheckResponse for `decision`. `http=False`: the check had no HTTP attributes
+    (Istio's TCP ext_authz), so a denial carries no HTTP response, only its status."""
     if isinstance(decision, Allow):
         ok = OkHttpResponse(
             headers=[_overwrite(k, v) for k, v in decision.set_headers],
@@ -95,8 +127,8 @@ def to_check_response(decision: Allow | Deny) -> CheckResponse:
             ],
         )
         return CheckResponse(status=Status(code=0), ok_response=ok)
-    status = Status(code=decision.grpc_code, message=decision.message or decision.reason)
-    if not decision.http:
+    status = Status(code=grpc_status(decision), message=decision.reason)
+    if not http:
         return CheckResponse(status=status)
     denied = DeniedHttpResponse(
         headers=[

@@ -19,8 +19,8 @@ from ext_authz._proto import (
     DeniedHttpResponse,
     Status,
 )
-from ext_authz.adapters.envoy import to_auth_request, to_check_response
-from ext_authz.core.decision import Allow, Deny, GrpcCode
+from ext_authz.adapters.envoy import GrpcCode, to_auth_request, to_check_response
+from ext_authz.core.decision import Allow, Deny
 from ext_authz.core.model import AuthRequest
 from ext_authz.logs import event
 
@@ -33,7 +33,9 @@ class CheckServicer(AuthorizationServicer):
 
     async def Check(self, request: CheckRequest, context: Any) -> CheckResponse:
         try:
-            return to_check_response(await self._check(to_auth_request(request)))
+            auth_request = to_auth_request(request)
+            decision = await self._check(auth_request)
+            return to_check_response(decision, http=auth_request.has_http)
         except Exception:
             request_id = ""
             with contextlib.suppress(Exception):  # best effort, for the log line only
@@ -42,6 +44,6 @@ class CheckServicer(AuthorizationServicer):
             denied = DeniedHttpResponse(body="internal error\n")
             denied.status.code = 503  # type: ignore[assignment]
             return CheckResponse(
-                status=Status(code=GrpcCode.UNAVAILABLE, message="internal error"),
+                status=Status(code=GrpcCode.UNAVAILABLE, message="internal_error"),
                 denied_response=denied,
             )

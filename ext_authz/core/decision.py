@@ -1,7 +1,9 @@
 """Decisions as values, and the answers every path shares (401, 403, 503, pages).
 
-`Allow` and `Deny` are what leaves the core; the Envoy adapter turns them into a
-CheckResponse. A redirect is a `Deny` with status 302 and a `location` header.
+`Allow` and `Deny` are what leaves the core, in HTTP terms only: each transport's
+adapter turns them into its own answer (`adapters/envoy.py` a gRPC CheckResponse,
+deriving the gRPC status from the HTTP one; `adapters/forward_auth.py` an HTTP
+response). A redirect is a `Deny` with status 302 and a `location` header.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ __all__ = [
     "Allow",
     "Decision",
     "Deny",
-    "GrpcCode",
-    "deny_tcp",
+    "deny_no_http",
     "error_page",
     "not_found_app",
     "redirect",
@@ -28,13 +29,6 @@ __all__ = [
 ]
 
 Headers = tuple[tuple[str, str], ...]
-
-
-class GrpcCode:
-    OK = 0
-    PERMISSION_DENIED = 7
-    UNAVAILABLE = 14
-    UNAUTHENTICATED = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +55,14 @@ class Allow:
 
 @dataclass(frozen=True, slots=True)
 class Deny:
-    """Answer the client directly. `http=False` is the TCP (no-HTTP) denial."""
+    """Answer the client directly: `status`, `headers` and `body` are the HTTP answer;
+    `reason` names it for metrics and logs, `method` how the request tried to
+    authenticate."""
 
     status: int
     reason: str
     headers: Headers = ()
     body: str = ""
-    grpc_code: int = GrpcCode.PERMISSION_DENIED
-    message: str = ""
-    http: bool = True
     method: str = ""
 
     def with_headers(self, *headers: tuple[str, str]) -> Deny:
@@ -92,14 +85,9 @@ def _body(request: AuthRequest, error: str, detail: str, status: int) -> tuple[H
     return (("content-type", "text/plain; charset=utf-8"),), f"{status} {detail}\n"
 
 
-def deny_tcp() -> Deny:
-    return Deny(
-        status=403,
-        reason="no_http",
-        grpc_code=GrpcCode.PERMISSION_DENIED,
-        message="no HTTP attributes",
-        http=False,
-    )
+def deny_no_http() -> Deny:
+    """SPEC §4 step 1: a check without HTTP attributes (Istio's TCP ext_authz)."""
+    return Deny(status=403, reason="no_http", body="no HTTP attributes")
 
 
 def not_found_app(request: AuthRequest) -> Deny:
@@ -111,7 +99,6 @@ def not_found_app(request: AuthRequest) -> Deny:
         reason="unknown_host",
         headers=(*headers, ("cache-control", "no-store")),
         body=body,
-        message="unknown host",
     )
 
 
@@ -140,8 +127,6 @@ def unauthorized(
         reason=reason,
         headers=(*challenges, *headers, ("cache-control", "no-store")),
         body=body,
-        grpc_code=GrpcCode.UNAUTHENTICATED,
-        message=detail,
     )
 
 
@@ -153,15 +138,13 @@ def unavailable(request: AuthRequest, *, detail: str, reason: str, retry_after: 
         reason=reason,
         headers=(*headers, ("retry-after", str(retry_after)), ("cache-control", "no-store")),
         body=body,
-        grpc_code=GrpcCode.UNAVAILABLE,
-        message=detail,
     )
 
 
 def redirect(location: str, *, reason: str, cookies: tuple[str, ...] = ()) -> Deny:
     headers: list[tuple[str, str]] = [("location", location), ("cache-control", "no-store")]
     headers += [("set-cookie", c) for c in cookies]
-    return Deny(status=302, reason=reason, headers=tuple(headers), message="redirect")
+    return Deny(status=302, reason=reason, headers=tuple(headers))
 
 
 def error_page(
@@ -190,15 +173,7 @@ def error_page(
         *extra_headers,
     ]
     headers += [("set-cookie", c) for c in cookies]
-    code = GrpcCode.UNAVAILABLE if status == 503 else GrpcCode.PERMISSION_DENIED
-    return Deny(
-        status=status,
-        reason=reason,
-        headers=tuple(headers),
-        body=body,
-        grpc_code=code,
-        message=detail,
-    )
+    return Deny(status=status, reason=reason, headers=tuple(headers), body=body)
 
 
 def unavailable_page(*, store: bool, retry_after: int = 5) -> Deny:

@@ -9,7 +9,7 @@ of every shape (Basic with random bytes, Bearer with random tokens, other scheme
 mixed with a few real credentials whose validity is known by construction.
 
 For every request: the call returns a CheckResponse (never a gRPC error, never the
-servicer's catch-all "internal error"); `status.code == 0` (allow) only for a skip
+servicer's catch-all "internal_error"); `status.code == 0` (allow) only for a skip
 path, the ping path or a credential valid for the request's application; no header
 value in the answer carries CR, LF or NUL. Afterwards the replica is still alive,
 SERVING, and allows a real credential.
@@ -311,7 +311,7 @@ def test_random_check_requests(make_stack: Any) -> None:
                 response = stub.Check(build(case, counter[0]), timeout=30.0)
             except grpc.RpcError as exc:
                 pytest.fail(f"gRPC error {exc.code()} for {describe(case)}")  # type: ignore[attr-defined]
-            assert response.status.message != "internal error", (
+            assert response.status.message != "internal_error", (
                 f"the check crashed (see the replica log, request id fuzz-{counter[0]}): "
                 f"{describe(case)}"
             )

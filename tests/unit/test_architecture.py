@@ -156,6 +156,38 @@ def test_core_imports_nothing_with_io(path: Path) -> None:
     assert bad == []
 
 
+# Words of one transport or one proxy dialect: the core speaks only requests,
+# identities and HTTP answers (STYLE.md), so none of these names a thing in it.
+TRANSPORT_WORDS = ("grpc", "protobuf", "proto", "envoy", "nginx", "caddy", "traefik", "istio")
+
+
+def names_in(source: str) -> set[str]:
+    """Every identifier the code defines or uses (not comments or strings)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            found.add(node.name)
+        elif isinstance(node, ast.arg | ast.keyword) and node.arg:
+            found.add(node.arg)
+    return found
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=[p.name for p in CORE_FILES])
+def test_core_names_no_transport(path: Path) -> None:
+    names = names_in(path.read_text(encoding="utf-8"))
+    bad = sorted(n for n in names if any(w in n.lower() for w in TRANSPORT_WORDS))
+    assert bad == [], f"{_rel(path)} names transport notions: {bad}"
+
+
+def test_transport_words_are_caught() -> None:
+    names = names_in("class GrpcCode: ...\nx = Deny(grpc_code=1)\n")
+    assert sorted(n for n in names if "grpc" in n.lower()) == ["GrpcCode", "grpc_code"]
+
+
 @pytest.mark.parametrize("path", CORE_FILES, ids=[p.name for p in CORE_FILES])
 def test_core_imports_only_the_core_from_the_package(path: Path) -> None:
     inside = {i.module for i in imports_of(path) if not i.type_checking}

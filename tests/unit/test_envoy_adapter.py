@@ -6,9 +6,11 @@ prove what Envoy does with them.
 
 from __future__ import annotations
 
+import pytest
+
 from ext_authz._proto import CheckRequest, HeaderValue
-from ext_authz.adapters.envoy import to_auth_request, to_check_response
-from ext_authz.core.decision import Allow, Deny, GrpcCode
+from ext_authz.adapters.envoy import GrpcCode, grpc_status, to_auth_request, to_check_response
+from ext_authz.core.decision import Allow, Deny
 
 
 def check_request(**headers: str) -> CheckRequest:
@@ -85,7 +87,6 @@ def test_deny_translation_keeps_repeated_headers_and_status() -> None:
             reason="login",
             headers=(("location", "https://idp/"), ("set-cookie", "a=1"), ("set-cookie", "b=2")),
             body="",
-            grpc_code=GrpcCode.PERMISSION_DENIED,
         )
     )
     assert response.status.code == GrpcCode.PERMISSION_DENIED
@@ -96,6 +97,31 @@ def test_deny_translation_keeps_repeated_headers_and_status() -> None:
 
 
 def test_tcp_deny_has_no_http_response() -> None:
-    response = to_check_response(Deny(status=403, reason="no_http", http=False))
+    response = to_check_response(Deny(status=403, reason="no_http"), http=False)
     assert response.status.code == GrpcCode.PERMISSION_DENIED
+    assert response.status.message == "no_http"
     assert not response.HasField("denied_response") and not response.HasField("ok_response")
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (401, GrpcCode.UNAUTHENTICATED),
+        (429, GrpcCode.RESOURCE_EXHAUSTED),
+        (503, GrpcCode.UNAVAILABLE),
+        (302, GrpcCode.PERMISSION_DENIED),
+        (403, GrpcCode.PERMISSION_DENIED),
+        (204, GrpcCode.PERMISSION_DENIED),
+        (400, GrpcCode.PERMISSION_DENIED),
+    ],
+)
+def test_grpc_status_is_derived_from_the_http_answer(status: int, code: int) -> None:
+    decision = Deny(status=status, reason="r")
+    assert grpc_status(decision) == code
+    response = to_check_response(decision)
+    assert response.status.code == code
+    assert response.denied_response.status.code == status
+
+
+def test_allow_is_grpc_ok() -> None:
+    assert grpc_status(Allow(method="skip")) == GrpcCode.OK
