@@ -18,6 +18,7 @@ is what `ext-authz check-config` prints.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -197,6 +198,9 @@ class ServerSettings(BaseModel):
 
     listen: str = "127.0.0.1:9191"
     http_listen: str = "127.0.0.1:9300"  # "" turns the HTTP port off
+    forward_auth_listen: str = ""  # HTTP/1.1 forward auth (SPEC §10); "" = off
+    # Peers whose X-Forwarded-* / X-Original-* headers are believed (SPEC §10).
+    forward_auth_trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     workers: int = Field(default=1, ge=1)
     grace_period: PositiveDuration = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -207,10 +211,46 @@ class ServerSettings(BaseModel):
     def _listen(cls, value: str) -> str:
         return _check_listen(value)
 
-    @field_validator("http_listen")
+    @field_validator("http_listen", "forward_auth_listen")
     @classmethod
     def _http_listen(cls, value: str) -> str:
-        return value if value == "" else _check_listen(value)
+        if value == "":
+            return value
+        if value.startswith(("unix:", "unix-abstract:")):
+            raise ValueError("must be HOST:PORT (the HTTP ports do not serve unix sockets)")
+        return _check_listen(value)
+
+    @field_validator("forward_auth_trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        problems: list[tuple[Loc, str]] = []
+        for i, text in enumerate(value):
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                problems.append(((i,), f"{text!r} is not an IP address or CIDR network"))
+        if problems:
+            raise _problems(*problems)
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerSettings:
+        seen: dict[str, str] = {}
+        for key in ("listen", "http_listen", "forward_auth_listen"):
+            address = getattr(self, key)
+            if not address:
+                continue
+            port = address.rpartition(":")[2]
+            if port != "0" and port in seen:
+                raise _problems(((key,), f"port {port} is also server.{seen[port]}"))
+            seen.setdefault(port, key)
+        return self
+
+    @cached_property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """forward_auth_trusted_proxies, parsed once."""
+        proxies = self.forward_auth_trusted_proxies
+        return tuple(ipaddress.ip_network(t, strict=False) for t in proxies)
 
 
 class StoreSettings(BaseModel):

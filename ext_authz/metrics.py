@@ -28,8 +28,8 @@ class Metrics:
         reg = registry if registry is not None else REGISTRY
         self.checks = Counter(
             "ext_authz_checks",
-            "Check calls by application, result and method",
-            ["app", "result", "method"],
+            "Checks by application, result, method and transport (grpc or http)",
+            ["app", "result", "method", "transport"],
             registry=reg,
         )
         self.check_latency = Histogram(
@@ -78,8 +78,8 @@ class Metrics:
         # so each child is looked up once and kept.
         self._children: dict[tuple[str, ...], Any] = {}
 
-    def count_check(self, app: str, result: str, method: str) -> None:
-        self._child(self.checks, "checks", app, result, method).inc()
+    def count_check(self, app: str, result: str, method: str, transport: str = "grpc") -> None:
+        self._child(self.checks, "checks", app, result, method, transport).inc()
 
     def count_cache(self, cache: str, result: str) -> None:
         self._child(self.cache, "cache", cache, result).inc()

@@ -1,20 +1,30 @@
-"""Running the service: the grpc.aio server, the HTTP port, workers, signals.
+"""Running the service: listeners, workers, signals.
 
     serve(settings)
-     +-- workers == 1: one process serves gRPC (Check + Health) and HTTP
-     +-- workers  > 1: a supervisor serves HTTP (metrics summed over workers) and
-                       keeps N worker processes on one gRPC port (SO_REUSEPORT),
+     +-- workers == 1: one process runs every listener
+     +-- workers  > 1: a supervisor serves the operations port (metrics summed over
+                       workers) and keeps N worker processes, each with the gRPC and
+                       forward-auth listeners on shared ports (SO_REUSEPORT),
                        restarting a crashed one and forwarding SIGTERM.
 
-SIGTERM/SIGINT: health turns NOT_SERVING, in-flight checks finish within
-`grace_period`, the process exits 0.
+A worker's listeners, one per transport, are started and drained alike (`Listener`):
+
+    GrpcListener   server.listen               Check + grpc.health.v1.Health
+    HttpListener   server.forward_auth_listen  forward auth (adapters/forward_auth.py)
+    HttpListener   server.http_listen          /healthz, /readyz, /metrics (operations.py)
+
+A third transport is one more adapter and one more listener here.
+
+SIGTERM/SIGINT: every listener stops advertising (health NOT_SERVING; HTTP answers
+`connection: close`), keeps answering for a moment, then stops accepting; in-flight
+checks finish within `grace_period`; the process exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 import logging
 import multiprocessing
 import os
@@ -23,23 +33,28 @@ import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ext_authz._proto import AUTHORIZATION_SERVICE_NAME, add_AuthorizationServicer_to_server
+from ext_authz.adapters.forward_auth import ForwardAuth, TrustedProxies
 from ext_authz.adapters.grpc_servicer import CheckServicer
+from ext_authz.adapters.http_server import Handler, HttpServer, split_listen
 from ext_authz.logs import configure_logging, event
-from ext_authz.metrics import Metrics, render_metrics
+from ext_authz.metrics import Metrics
+from ext_authz.operations import OperationsHandler
 
 if TYPE_CHECKING:
     from ext_authz.config import Settings
+    from ext_authz.core.decision import Allow, Deny
+    from ext_authz.core.model import AuthRequest
 
 __all__ = ["serve"]
 
 EXIT_BIND_FAILED = 3
-Readiness = Callable[[], Awaitable[dict[str, str]]]
+Check = Callable[["AuthRequest"], Awaitable["Allow | Deny"]]
 
 
 def serve(settings: Settings) -> int:
@@ -47,6 +62,138 @@ def serve(settings: Settings) -> int:
     if settings.server.workers > 1:
         return _supervise(settings)
     return asyncio.run(_worker(settings, index=0, reuse_port=False, with_http=True))
+
+
+# --- listeners: one per transport, started and drained alike ---------------------------
+
+
+class ListenError(Exception):
+    """A listener could not bind its address (the message names it)."""
+
+
+class Listener(Protocol):
+    """One port of a worker. `start` binds and serves, returning the bound address;
+    `begin_drain` stops advertising (health NOT_SERVING, `connection: close`) while
+    still answering; `drain` stops accepting, lets in-flight work finish within
+    `grace` seconds, and closes."""
+
+    name: str
+
+    async def start(self) -> str: ...
+
+    async def begin_drain(self) -> None: ...
+
+    async def drain(self, grace: float) -> None: ...
+
+
+class GrpcListener:
+    """`envoy.service.auth.v3.Authorization/Check` and `grpc.health.v1.Health`."""
+
+    name = "grpc"
+
+    def __init__(self, listen: str, check: Check, *, reuse_port: bool) -> None:
+        self._listen = listen
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
+                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ]
+        )
+        add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
+            CheckServicer(check), self._server
+        )
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+
+    async def start(self) -> str:
+        try:
+            port = self._server.add_insecure_port(self._listen)
+        except RuntimeError:
+            port = 0
+        if not port:
+            raise ListenError(self._listen)
+        await self._server.start()
+        for service in ("", AUTHORIZATION_SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self._listen.startswith("unix"):
+            return self._listen
+        return self._listen.rpartition(":")[0] + f":{port}"
+
+    async def begin_drain(self) -> None:
+        await self._health.enter_graceful_shutdown()
+
+    async def drain(self, grace: float) -> None:
+        await self._server.stop(grace)
+
+
+class HttpListener:
+    """An HTTP/1.1 port (forward auth, or the operations port) on `HttpServer`."""
+
+    def __init__(self, name: str, listen: str, handler: Handler, *, reuse_port: bool) -> None:
+        self.name = name
+        self._listen = listen
+        self._handler = handler
+        self._reuse_port = reuse_port
+        self._server: HttpServer | None = None
+
+    async def start(self) -> str:
+        host, port = split_listen(self._listen)
+        self._server = HttpServer(self._handler, host, port, reuse_port=self._reuse_port)
+        try:
+            bound = await self._server.start()
+        except OSError as exc:
+            raise ListenError(f"{self._listen} ({exc.strerror or exc})") from None
+        return self._listen.rpartition(":")[0] + f":{bound}"
+
+    async def begin_drain(self) -> None:
+        if self._server is not None:
+            self._server.begin_drain()
+
+    async def drain(self, grace: float) -> None:
+        if self._server is not None:
+            await self._server.drain(grace)
+
+
+async def _start_all(listeners: list[Listener], index: int) -> dict[str, str] | None:
+    """Start every listener; on a failure drain the started ones and return None."""
+    addresses: dict[str, str] = {}
+    for listener in listeners:
+        try:
+            addresses[listener.name] = await listener.start()
+        except ListenError as exc:
+            event(
+                logging.ERROR,
+                "cannot listen",
+                listener=listener.name,
+                address=str(exc),
+                worker=index,
+            )
+            for started in listeners:
+                if started.name in addresses:
+                    await started.drain(0)
+            return None
+    return addresses
+
+
+async def _drain_all(listeners: list[Listener], grace: float) -> None:
+    """Stop advertising, keep answering for a moment, then drain every listener."""
+    for listener in listeners:
+        await listener.begin_drain()
+    # Keep answering for a moment after turning NOT_SERVING, so Envoy's health checks
+    # (1 s apart in our configs) move traffic away before connections are closed.
+    notice = min(1.0, grace / 4)
+    await asyncio.sleep(notice)
+    await asyncio.gather(*(listener.drain(grace - notice) for listener in listeners))
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 # --- one worker ----------------------------------------------------------------------
@@ -58,66 +205,43 @@ async def _worker(settings: Settings, *, index: int, reuse_port: bool, with_http
     metrics = Metrics()
     components = build(settings, metrics)
     await components.start()
+    server = settings.server
+    service = components.service
 
-    server = grpc.aio.server(
-        options=[
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-        ]
-    )
-    add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
-        CheckServicer(components.service.check), server
-    )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    try:
-        port = server.add_insecure_port(settings.server.listen)
-    except RuntimeError:
-        port = 0
-    if not port:
-        event(logging.ERROR, "cannot listen", grpc=settings.server.listen, worker=index)
+    listeners: list[Listener] = [GrpcListener(server.listen, service.check, reuse_port=reuse_port)]
+    if server.forward_auth_listen:
+        forward_auth = ForwardAuth(
+            functools.partial(service.check, transport="http"),
+            TrustedProxies(server.trusted_networks),
+            refused=lambda reason: metrics.count_check("-", reason, "-", "http"),
+        )
+        listeners.append(
+            HttpListener(
+                "forward_auth", server.forward_auth_listen, forward_auth, reuse_port=reuse_port
+            )
+        )
+    if with_http and server.http_listen:
+        operations = OperationsHandler(components.readiness)
+        listeners.append(HttpListener("http", server.http_listen, operations, reuse_port=False))
+
+    addresses = await _start_all(listeners, index)
+    if addresses is None:
         await components.close()
         return EXIT_BIND_FAILED
-    await server.start()
-    for name in ("", AUTHORIZATION_SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-
-    http_server = None
-    if with_http and settings.server.http_listen:
-        http_server = await _start_http(settings.server.http_listen, components.readiness)
-        if http_server is None:
-            await server.stop(0)
-            await components.close()
-            return EXIT_BIND_FAILED
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    grpc_address = settings.server.listen.rpartition(":")[0] + f":{port}"
+    stop = _stop_event()
     event(
         logging.INFO,
         "ready",
-        grpc=grpc_address,
-        http=settings.server.http_listen if with_http else "",
+        grpc=addresses["grpc"],
+        forward_auth=addresses.get("forward_auth", ""),
+        http=addresses.get("http", ""),
         worker=index,
         pid=os.getpid(),
     )
     await stop.wait()
 
-    grace = settings.server.grace_period
-    event(logging.INFO, "draining", worker=index, grace_period=grace)
-    await health_servicer.enter_graceful_shutdown()
-    # Keep answering for a moment after turning NOT_SERVING, so Envoy's health checks
-    # (1 s apart in our configs) move traffic away before connections are closed.
-    notice = min(1.0, grace / 4)
-    await asyncio.sleep(notice)
-    await server.stop(grace - notice)
-    if http_server is not None:
-        http_server.close()
-        await http_server.wait_closed()
+    event(logging.INFO, "draining", worker=index, grace_period=server.grace_period)
+    await _drain_all(listeners, server.grace_period)
     await components.close()
     event(logging.INFO, "stopped", worker=index)
     return 0
@@ -163,21 +287,24 @@ async def _supervisor(settings: Settings, metrics_dir: str) -> int:
 
     # The supervisor's readiness probe: its own store connection and discovery cache.
     probe = build(settings, Metrics(registry=_scratch_registry()))
-    http_server = None
+    listeners: list[Listener] = []
     if settings.server.http_listen:
-        http_server = await _start_http(settings.server.http_listen, probe.readiness)
-        if http_server is None:
-            _terminate_all(workers, settings.server.grace_period)
-            return EXIT_BIND_FAILED
+        operations = OperationsHandler(probe.readiness)
+        listeners.append(
+            HttpListener("http", settings.server.http_listen, operations, reuse_port=False)
+        )
+    if await _start_all(listeners, -1) is None:
+        _terminate_all(workers, settings.server.grace_period)
+        await probe.close()
+        return EXIT_BIND_FAILED
 
-    stop = asyncio.Event()
+    stop = _stop_event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     event(
         logging.INFO,
         "supervisor ready",
         grpc=settings.server.listen,
+        forward_auth=settings.server.forward_auth_listen,
         http=settings.server.http_listen,
         workers=settings.server.workers,
         pid=os.getpid(),
@@ -207,9 +334,8 @@ async def _supervisor(settings: Settings, metrics_dir: str) -> int:
 
     event(logging.INFO, "draining", workers=len(workers))
     await loop.run_in_executor(None, _terminate_all, workers, settings.server.grace_period)
-    if http_server is not None:
-        http_server.close()
-        await http_server.wait_closed()
+    for listener in listeners:
+        await listener.drain(1.0)
     await probe.close()
     event(logging.INFO, "stopped")
     return exit_code
@@ -231,54 +357,3 @@ def _terminate_all(workers: dict[int, Any], grace: float) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join(1)
-
-
-# --- the HTTP port: /healthz, /readyz, /metrics -------------------------------------
-
-
-async def _start_http(listen: str, readiness: Readiness) -> asyncio.Server | None:
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), timeout=5)
-            parts = line.decode("latin-1").split()
-            while True:  # drain the request headers
-                header = await asyncio.wait_for(reader.readline(), timeout=5)
-                if header in (b"\r\n", b"\n", b""):
-                    break
-            path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
-            status, ctype, body = await _http_route(path, readiness)
-            head = (
-                f"HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\n"
-                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-            )
-            writer.write(head.encode("latin-1") + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    try:
-        return await asyncio.start_server(handle, host, int(port), reuse_address=True)
-    except OSError as exc:
-        event(logging.ERROR, "cannot listen", http=listen, error=str(exc))
-        return None
-
-
-async def _http_route(path: str, readiness: Readiness) -> tuple[str, str, bytes]:
-    if path == "/healthz":
-        return "200 OK", "text/plain", b"ok\n"
-    if path == "/readyz":
-        problems = await readiness()
-        if problems:
-            body = json.dumps({"ready": False, "problems": problems}).encode()
-            return "503 Service Unavailable", "application/json", body
-        return "200 OK", "application/json", b'{"ready": true}'
-    if path == "/metrics":
-        return "200 OK", "text/plain; version=0.0.4; charset=utf-8", render_metrics()
-    return "404 Not Found", "text/plain", b"not found\n"

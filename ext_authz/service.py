@@ -82,7 +82,8 @@ class CheckService:
 
     # --- the entry point -----------------------------------------------------------
 
-    async def check(self, request: AuthRequest) -> Allow | Deny:
+    async def check(self, request: AuthRequest, transport: str = "grpc") -> Allow | Deny:
+        """The answer to one request, from any transport (`transport` labels metrics)."""
         started = time.perf_counter()
         app_name = "-"
         try:
@@ -105,15 +106,17 @@ class CheckService:
                 exc_info=True,
             )
             decision = unavailable(request, detail="internal error", reason="internal_error")
-        self._record(request, app_name, decision, time.perf_counter() - started)
+        self._record(request, app_name, decision, time.perf_counter() - started, transport)
         return decision
 
-    def _record(self, request: AuthRequest, app: str, decision: Allow | Deny, spent: float) -> None:
+    def _record(
+        self, request: AuthRequest, app: str, decision: Allow | Deny, spent: float, transport: str
+    ) -> None:
         if isinstance(decision, Allow):
             result, method = "allow", decision.method
         else:
             result, method = decision.reason, decision.method or "-"
-        self._metrics.count_check(app, result, method)
+        self._metrics.count_check(app, result, method, transport)
         self._metrics.check_latency.observe(spent)
         if isinstance(decision, Allow) and decision.dropped_headers:
             event(

@@ -83,6 +83,7 @@ def to_auth_request(message: CheckRequest) -> AuthRequest:
         headers=headers,
         context_extensions=context,
         request_id=headers.get("x-request-id", "") or http.id,
+        client=attributes.source.address.socket_address.address,
     )
 
 

@@ -35,7 +35,9 @@ class AuthRequest:
 
     `headers` has lower-case keys (Envoy sends them so), pseudo-headers included;
     repeated headers arrive joined with `,`. `path` is the path without the query;
-    `query` the raw query string (no leading `?`).
+    `query` the raw query string (no leading `?`). `client` is the client's address
+    as the transport knows it (Envoy's downstream address, or a trusted proxy's
+    `X-Forwarded-For`): what guesses are counted by (SPEC §5).
     """
 
     has_http: bool
@@ -47,6 +49,7 @@ class AuthRequest:
     headers: Mapping[str, str] = field(default_factory=_empty_mapping)
     context_extensions: Mapping[str, str] = field(default_factory=_empty_mapping)
     request_id: str = ""
+    client: str = ""
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)

@@ -56,6 +56,8 @@ ADAPTER_PAIRS_ALLOWED = {
     ("store_factory", "memory_store"),
     ("store_factory", "redis_store"),
     ("grpc_servicer", "envoy"),
+    # The forward-auth dialects speak in the HTTP server's request and response values.
+    ("forward_auth", "http_server"),
     # The OIDC client owns the JWKS cache of its issuer (it builds one by default).
     ("oidc", "jwks"),
 }

@@ -1,0 +1,314 @@
+"""HTTP forward auth (SPEC §10): each proxy's dialect in, the decision's answer out.
+
+The decision is the one of SPEC §4-§7 (`CheckService.check`); this module only
+rebuilds the original request from what each proxy sends, and maps the answer to
+what that proxy can relay:
+
+    path                                          original request from          denied answer
+    /outpost.goauthentik.io/auth/envoy<path>      method, Host, headers; <path>   as decided
+    /outpost.goauthentik.io/auth/nginx            X-Original-URL (or -URI + Host) 401/403 only
+    /outpost.goauthentik.io/auth/traefik|caddy    X-Forwarded-Method/Proto/Host/Uri  as decided
+    /outpost.goauthentik.io/{start,callback,...}  this request (X-Forwarded-Host)   as decided
+    any path with an outpost query flag           this request                      as decided
+
+Trust: `X-Forwarded-*`, `X-Original-*`, `X-Forwarded-For` and `X-Request-Id` are
+believed only from peers in `server.forward_auth_trusted_proxies`; a forward-auth
+request (`/auth/...`) from any other peer is 403. Missing or unparsable original-request
+headers are 400 `bad forward-auth request`.
+
+Allowed: 200, empty body, the upstream's headers as response headers for the proxy
+to copy. Envoy (`allowed_upstream_headers`) overwrites the named headers and removes
+the ones listed in `x-envoy-auth-headers-to-remove`, leaving the rest as the client
+sent them. nginx, Traefik and Caddy copy a fixed list of names, and a name missing
+from the answer leaves the upstream without it (nginx: `proxy_set_header` with an
+empty variable; Traefik: `authResponseHeaders` deletes first). So for them the answer
+carries the upstream's whole view of the copied headers: ours, and the client's own
+`authorization` and `cookie` when they are to pass untouched.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
+from urllib.parse import urlsplit
+
+from ext_authz.adapters.http_server import HttpRequest, HttpResponse
+from ext_authz.core.decision import Allow, Deny
+from ext_authz.core.model import AuthRequest
+from ext_authz.core.routing import OUTPOST_PREFIX, outpost_route
+from ext_authz.logs import event
+
+__all__ = [
+    "AUTH_PREFIX",
+    "Dialect",
+    "ForwardAuth",
+    "Refused",
+    "TrustedProxies",
+    "from_proxy",
+    "to_response",
+]
+
+AUTH_PREFIX = OUTPOST_PREFIX + "auth/"
+ENVOY_PREFIX = AUTH_PREFIX + "envoy"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Check = Callable[[AuthRequest], Awaitable[Allow | Deny]]
+
+
+class Dialect(enum.Enum):
+    ENVOY = "envoy"
+    NGINX = "nginx"
+    TRAEFIK = "traefik"
+    CADDY = "caddy"
+    DIRECT = "direct"  # an outpost path the proxy forwards as an ordinary request
+
+    @property
+    def copies_named_headers(self) -> bool:
+        """The proxy sets a fixed list of upstream headers from our answer (absent =
+        removed), rather than overwriting and removing what we name (Envoy)."""
+        return self in (Dialect.NGINX, Dialect.TRAEFIK, Dialect.CADDY)
+
+
+_DIALECT_PATHS = {
+    AUTH_PREFIX + "nginx": Dialect.NGINX,
+    AUTH_PREFIX + "traefik": Dialect.TRAEFIK,
+    AUTH_PREFIX + "caddy": Dialect.CADDY,
+}
+
+
+class TrustedProxies:
+    """Is this peer one whose forwarded headers we believe? Answers are remembered
+    per address (a handful of proxies ask all the time)."""
+
+    def __init__(self, networks: tuple[Network, ...]) -> None:
+        self._networks = networks
+        self._known: dict[str, bool] = {}
+
+    def __contains__(self, peer: str) -> bool:
+        known = self._known.get(peer)
+        if known is None:
+            known = self._check(peer)
+            if len(self._known) >= 4096:
+                self._known.clear()
+            self._known[peer] = known
+        return known
+
+    def _check(self, peer: str) -> bool:
+        try:
+            address = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._networks)
+
+    def client_address(self, peer: str, forwarded_for: str | None) -> str:
+        """The client as the nearest untrusted hop: walk `X-Forwarded-For` from the
+        right past our own trusted proxies (each appends the address it saw)."""
+        if not forwarded_for or peer not in self:
+            return peer
+        hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+        for hop in reversed(hops):
+            candidate = hop.removeprefix("[").split("]", 1)[0] if hop.startswith("[") else hop
+            if candidate not in self:
+                return candidate
+        return hops[0] if hops else peer
+
+
+class Refused(Exception):
+    """A forward-auth request we answer ourselves, before any decision: `result` is
+    the metrics label (`bad_request`, `untrusted_peer`, `not_found`), the message a
+    detail safe to log (it never quotes a header value)."""
+
+    def __init__(self, status: int, result: str, detail: str, body: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.result = result
+        self.body = body
+
+
+def _bad(detail: str) -> Refused:
+    return Refused(400, "bad_request", detail, "bad forward-auth request\n")
+
+
+def _not_found() -> Refused:
+    return Refused(404, "not_found", "not found", "not found\n")
+
+
+def from_proxy(request: HttpRequest, trusted: TrustedProxies) -> tuple[Dialect, AuthRequest]:
+    """The original request this forward-auth request describes.
+
+    Raises `Refused` (400, 403 or 404) when it cannot be believed or read."""
+    path, _, query = request.target.partition("?")
+    headers = request.headers
+    believed = request.peer in trusted
+    dialect = _dialect_of(path, query)
+    if dialect is not Dialect.DIRECT and not believed:
+        raise Refused(403, "untrusted_peer", "peer not in trusted proxies", "forbidden\n")
+
+    if dialect is Dialect.ENVOY:
+        original = path[len(ENVOY_PREFIX) :] or "/"
+        if not original.startswith("/"):
+            raise _bad("envoy: path does not continue the prefix")
+        # Envoy's HCM sets x-forwarded-proto on every request it forwards.
+        method, host, path = request.method, headers.get("host", ""), original
+        scheme = headers.get("x-forwarded-proto", "")
+    elif dialect is Dialect.NGINX:
+        method, scheme, host, path, query = _nginx_original(headers, request.method)
+    elif dialect in (Dialect.TRAEFIK, Dialect.CADDY):
+        method, scheme, host, path, query = _forwarded_original(headers)
+    else:
+        method = request.method
+        host = (headers.get("x-forwarded-host") if believed else None) or headers.get("host", "")
+        scheme = headers.get("x-forwarded-proto", "") if believed else ""
+    if not host:
+        raise _bad(f"{dialect.value}: no host")
+    if scheme and scheme not in ("http", "https"):
+        raise _bad(f"{dialect.value}: unknown scheme")
+
+    client = trusted.client_address(request.peer, headers.get("x-forwarded-for"))
+    auth_request = AuthRequest(
+        has_http=True,
+        method=method.upper(),
+        host=host,
+        path=path or "/",
+        query=query,
+        scheme=scheme,
+        headers=headers,
+        context_extensions=MappingProxyType({}),
+        request_id=(headers.get("x-request-id", "") if believed else ""),
+        client=client,
+    )
+    if dialect is Dialect.DIRECT and outpost_route(auth_request) is None:
+        raise _not_found()
+    return dialect, auth_request
+
+
+def _dialect_of(path: str, query: str) -> Dialect:
+    if path.startswith(AUTH_PREFIX):
+        dialect = _DIALECT_PATHS.get(path.rstrip("/"))
+        if dialect is not None:
+            return dialect
+        if path == ENVOY_PREFIX or path.startswith(ENVOY_PREFIX + "/"):
+            return Dialect.ENVOY
+        raise _not_found()
+    return Dialect.DIRECT
+
+
+def _split_target(target: str, dialect: str) -> tuple[str, str]:
+    if not target.startswith("/") or target.startswith("//"):
+        raise _bad(f"{dialect}: the original URI is not a path")
+    path, _, query = target.partition("?")
+    return path, query.partition("#")[0]
+
+
+def _nginx_original(headers: Mapping[str, str], method: str) -> tuple[str, str, str, str, str]:
+    """nginx `auth_request`: X-Original-URL (absolute, with the port), else
+    X-Original-URI with the subrequest's Host (which nginx sends without the port)."""
+    method = headers.get("x-original-method") or method
+    url = headers.get("x-original-url")
+    if url:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (raises on a bad port)
+        except ValueError:
+            raise _bad("nginx: unparsable X-Original-URL") from None
+        if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+            raise _bad("nginx: X-Original-URL is not an absolute http(s) URL")
+        path, query = _split_target(parts.path or "/", "nginx")
+        return method, parts.scheme, parts.netloc, path, parts.query
+    uri = headers.get("x-original-uri")
+    if not uri:
+        raise _bad("nginx: no X-Original-URL or X-Original-URI")
+    path, query = _split_target(uri, "nginx")
+    return method, headers.get("x-forwarded-proto", ""), headers.get("host", ""), path, query
+
+
+def _forwarded_original(headers: Mapping[str, str]) -> tuple[str, str, str, str, str]:
+    """Traefik `forwardAuth` and Caddy `forward_auth`: X-Forwarded-Method, -Proto,
+    -Host and -Uri (path and query)."""
+    host = headers.get("x-forwarded-host", "").split(",", 1)[0].strip()
+    uri = headers.get("x-forwarded-uri", "")
+    if not host or not uri:
+        raise _bad("forwarded: no X-Forwarded-Host or X-Forwarded-Uri")
+    path, query = _split_target(uri, "forwarded")
+    scheme = headers.get("x-forwarded-proto", "").split(",", 1)[0].strip().lower()
+    method = headers.get("x-forwarded-method", "").strip() or "GET"
+    return method, scheme, host, path, query
+
+
+# --- the answer -------------------------------------------------------------------------
+
+_NGINX_RELAYS = (401, 403)
+_PASSED_WHEN_UNTOUCHED = ("authorization", "cookie")
+
+
+def to_response(dialect: Dialect, decision: Allow | Deny, original: AuthRequest) -> HttpResponse:
+    if isinstance(decision, Allow):
+        return _allowed(dialect, decision, original)
+    status, headers, body = decision.status, decision.headers, decision.body
+    if dialect is Dialect.NGINX and status not in _NGINX_RELAYS:
+        # nginx turns anything but 401/403 from auth_request into a 500; its
+        # `error_page 401` sends browsers on to the sign-in. Keep the cookies (a
+        # stale session is expired) and say why in the body.
+        kept = tuple((k, v) for k, v in headers if k == "set-cookie")
+        headers = (*kept, ("content-type", "text/plain; charset=utf-8"))
+        headers += (("cache-control", "no-store"),)
+        body = f"401 {decision.reason}\n"
+        status = 401
+    return HttpResponse(status, tuple(headers), body.encode("utf-8", "surrogateescape"))
+
+
+def _allowed(dialect: Dialect, decision: Allow, original: AuthRequest) -> HttpResponse:
+    headers = list(decision.set_headers)
+    if dialect.copies_named_headers:
+        named = {name.lower() for name, _ in headers}
+        removed = set(decision.remove_headers)
+        for name in _PASSED_WHEN_UNTOUCHED:
+            value = original.headers.get(name)
+            if value is not None and name not in named and name not in removed:
+                headers.append((name, value))
+    elif decision.remove_headers:
+        headers.append(("x-envoy-auth-headers-to-remove", ",".join(decision.remove_headers)))
+    headers += decision.response_headers
+    return HttpResponse(200, tuple(headers))
+
+
+# --- the handler --------------------------------------------------------------------------
+
+
+class ForwardAuth:
+    """The forward-auth port's handler: translate, decide, translate back."""
+
+    def __init__(
+        self, check: Check, trusted: TrustedProxies, refused: Callable[[str], None]
+    ) -> None:
+        self._check = check
+        self._trusted = trusted
+        self._refused = refused
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        try:
+            dialect, original = from_proxy(request, self._trusted)
+        except Refused as refused:
+            self._refused(refused.result)
+            if refused.status != 404:
+                event(
+                    logging.WARNING,
+                    "forward-auth request refused",
+                    peer=request.peer,
+                    result=refused.result,
+                    reason=str(refused),
+                )
+            return HttpResponse(
+                refused.status,
+                (("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")),
+                refused.body.encode(),
+            )
+        return self._answer(dialect, original)
+
+    async def _answer(self, dialect: Dialect, original: AuthRequest) -> HttpResponse:
+        return to_response(dialect, await self._check(original), original)

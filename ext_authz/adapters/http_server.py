@@ -1,0 +1,422 @@
+"""A small HTTP/1.1 server on httptools (llhttp), for the forward-auth and operations ports.
+
+What it owns: connections, parsing (httptools, never our own), keep-alive and the
+order of pipelined answers, the limits of SPEC §10 and the drain. What it does not
+own: routing and decisions. A `Handler` turns an `HttpRequest` into an
+`HttpResponse`, either at once (a plain value, written from `data_received`
+without creating a task: the cheap path for answers from in-process caches) or as
+an awaitable (run as a task; cancelled when the client goes away, so nobody's
+work runs on for an answer no one will read).
+
+Limits (the rule this module guards: no client can make it hold much, or wait long):
+
+- the request line and headers together at most `MAX_HEAD_BYTES` (64 KiB);
+- `HEAD_TIMEOUT` from a request's first byte (or the connection's start) to the
+  end of its headers, `IDLE_TIMEOUT` between requests on a kept-alive connection;
+- no request body is read: a request that announces one is answered, then the
+  connection is closed;
+- at most `MAX_PIPELINED` parsed requests wait behind a slow one; reading pauses
+  beyond that.
+
+A request httptools cannot parse, or one over a limit, is answered 400 with
+`connection: close` and one log line (the peer and the parser's reason, never a
+header value). A response header value holding CR, LF or NUL is never written (it
+is dropped and logged): the last guard against response splitting.
+
+Drain (`HttpServer.drain`): answers carry `connection: close` from `begin_drain()`
+on, so kept-alive clients reconnect (elsewhere, once this listener is closed);
+`drain()` then stops accepting, lets in-flight requests finish within the grace
+period, closes idle connections and aborts what is left at the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from types import MappingProxyType
+
+import httptools
+
+from ext_authz.logs import event
+
+__all__ = [
+    "HEAD_TIMEOUT",
+    "IDLE_TIMEOUT",
+    "MAX_HEAD_BYTES",
+    "Handler",
+    "HttpRequest",
+    "HttpResponse",
+    "HttpServer",
+]
+
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TIMEOUT = 10.0
+IDLE_TIMEOUT = 75.0  # above the 60 s idle timeout of the proxies' pools we ship
+MAX_PIPELINED = 16
+_CRLF = b"\r\n"
+_UNSAFE = frozenset("\r\n\0")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One request's head. `headers` has lower-case names; repeated headers are
+    joined with `,` (as Envoy joins them in a CheckRequest). Names and values are
+    decoded as UTF-8 with `surrogateescape`, so bytes that are not UTF-8 survive a
+    round trip back into a response unchanged. `peer` is the client's IP address."""
+
+    method: str
+    target: str
+    headers: Mapping[str, str]
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
+Handler = Callable[[HttpRequest], "HttpResponse | Awaitable[HttpResponse]"]
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def serialize(response: HttpResponse, *, keep_alive: bool, head: bool = False) -> bytes:
+    """The bytes of `response` on the wire. Header values with CR, LF or NUL are left
+    out (the caller logs them: see `unsafe_headers`)."""
+    status = response.status
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Unknown").encode())]
+    for name, value in response.headers:
+        if _UNSAFE.isdisjoint(name) and _UNSAFE.isdisjoint(value):
+            parts.append(_encode(name) + b": " + _encode(value) + _CRLF)
+    body = response.body
+    parts.append(b"content-length: %d\r\n" % len(body))
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(_CRLF)
+    if body and not head:
+        parts.append(body)
+    return b"".join(parts)
+
+
+def unsafe_headers(response: HttpResponse) -> list[str]:
+    return [
+        name
+        for name, value in response.headers
+        if not (_UNSAFE.isdisjoint(name) and _UNSAFE.isdisjoint(value))
+    ]
+
+
+class _BadRequest(Exception):
+    """A request we refuse before it reaches the handler (the reason is safe to log)."""
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse, queue, answer in order."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._loop = server.loop
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        # The request being parsed.
+        self._url = b""
+        self._names: list[bytes] = []
+        self._values: list[bytes] = []
+        self._head_bytes = 0
+        self._raw_head = 0
+        self._in_head = False
+        # Parsed requests waiting for their answer, in order.
+        self._queue: deque[tuple[HttpRequest, bool]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._close_after = False  # a body was announced, or the client asked
+        self._stop_reading = False
+        self._paused = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._server.connections.add(self)
+        self._arm(HEAD_TIMEOUT)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self._transport = None
+        self._disarm()
+        self._queue.clear()
+        if self._task is not None and not self._task.done():
+            # Nobody will read this answer: stop the work behind it.
+            self._task.cancel()
+        self._server.connection_closed()
+
+    def data_received(self, data: bytes) -> None:
+        if self._stop_reading:
+            return
+        if not self._in_head and not self._queue and self._task is None:
+            self._arm(HEAD_TIMEOUT)  # a new request starts: its head must arrive in time
+        # httptools buffers a header split across reads before calling on_header; count
+        # the raw bytes of an unfinished head too, so that buffer stays bounded.
+        self._raw_head += len(data)
+        try:
+            self._parser.feed_data(data)
+            if self._in_head and self._raw_head > 2 * MAX_HEAD_BYTES:
+                raise _BadRequest("request head over 64 KiB")
+        except _BadRequest as exc:
+            self._refuse(str(exc))
+        except httptools.HttpParserUpgrade:
+            self._refuse("upgrade not supported")
+        except httptools.HttpParserError as exc:
+            self._refuse(f"unparsable request: {str(exc)[:80]}")
+
+    def eof_received(self) -> bool | None:
+        # The client will send nothing more; answer what is queued, then close.
+        self._close_after = True
+        if not self._queue and self._task is None and self._transport is not None:
+            self._transport.close()
+        return True
+
+    # --- httptools callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._names = []
+        self._values = []
+        self._head_bytes = 0
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        if self._stop_reading:
+            return  # bytes after a request whose body we do not read: ignored
+        self._url += url
+        self._grow(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # httptools hands over whole names and values (it buffers split ones itself;
+        # `data_received` bounds that buffer).
+        if self._stop_reading:
+            return
+        self._names.append(name)
+        self._values.append(value)
+        self._grow(len(name) + len(value) + 4)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._raw_head = 0
+        if self._stop_reading:
+            return
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in zip(self._names, self._values, strict=True):
+            name = _decode(raw_name).lower()
+            value = _decode(raw_value)
+            previous = headers.get(name)
+            headers[name] = value if previous is None else f"{previous},{value}"
+        parser = self._parser
+        keep_alive = parser.should_keep_alive()
+        length = headers.get("content-length", "0").strip()
+        if "transfer-encoding" in headers or (length and length != "0"):
+            # No body is read (SPEC §10): answer, then close instead of draining it.
+            keep_alive = False
+            self._stop_reading = True
+        request = HttpRequest(
+            method=parser.get_method().decode("ascii", "replace"),
+            target=_decode(self._url),
+            headers=MappingProxyType(headers),
+            peer=self.peer,
+        )
+        self._enqueue(request, keep_alive)
+
+    # --- queue and answers --------------------------------------------------------------
+
+    def _grow(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _BadRequest("request head over 64 KiB")
+
+    def _enqueue(self, request: HttpRequest, keep_alive: bool) -> None:
+        self._queue.append((request, keep_alive))
+        if len(self._queue) > MAX_PIPELINED and not self._paused and self._transport:
+            self._transport.pause_reading()
+            self._paused = True
+        if self._task is None:
+            self._run_queue()
+
+    def _run_queue(self) -> None:
+        while self._queue and self._task is None and self._transport is not None:
+            request, keep_alive = self._queue.popleft()
+            try:
+                result = self._server.handler(request)
+            except Exception:
+                event(logging.ERROR, "http handler failed", peer=self.peer, exc_info=True)
+                result = HttpResponse(500, (("content-type", "text/plain"),), b"internal error\n")
+            if isinstance(result, HttpResponse):
+                self._respond(request, result, keep_alive)
+            else:
+                self._disarm()
+                self._task = self._loop.create_task(self._finish(request, result, keep_alive))
+        if self._paused and len(self._queue) <= MAX_PIPELINED // 2 and self._transport:
+            self._transport.resume_reading()
+            self._paused = False
+
+    async def _finish(
+        self, request: HttpRequest, pending: Awaitable[HttpResponse], keep_alive: bool
+    ) -> None:
+        try:
+            response = await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            event(logging.ERROR, "http handler failed", peer=self.peer, exc_info=True)
+            response = HttpResponse(500, (("content-type", "text/plain"),), b"internal error\n")
+        self._task = None
+        if self._transport is None:
+            return
+        self._respond(request, response, keep_alive)
+        self._run_queue()
+
+    def _respond(self, request: HttpRequest, response: HttpResponse, keep_alive: bool) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        keep_alive = (
+            keep_alive and not self._server.draining and not (self._close_after and not self._queue)
+        )
+        unsafe = unsafe_headers(response)
+        if unsafe:
+            event(logging.ERROR, "response header dropped: unsafe value", headers=unsafe)
+        transport.write(serialize(response, keep_alive=keep_alive, head=request.method == "HEAD"))
+        if not keep_alive:
+            self._queue.clear()
+            transport.close()
+            return
+        if not self._queue and not self._in_head:
+            self._arm(IDLE_TIMEOUT)
+
+    def _refuse(self, reason: str) -> None:
+        """400 and close: the rest of the byte stream cannot be trusted."""
+        self._stop_reading = True
+        event(logging.WARNING, "bad http request", peer=self.peer, reason=reason)
+        self._server.bad_requests += 1
+        body = b"bad request\n"
+        response = HttpResponse(400, (("content-type", "text/plain"),), body)
+        if self._task is None and self._transport is not None:
+            self._queue.clear()
+            self._transport.write(serialize(response, keep_alive=False))
+            self._transport.close()
+        else:
+            # Answers already owed come first; nothing after them.
+            self._close_after = True
+
+    # --- timers and drain ---------------------------------------------------------------
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = self._loop.call_later(seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._transport is not None and self._task is None and not self._queue:
+            self._transport.close()
+
+    @property
+    def idle(self) -> bool:
+        return self._task is None and not self._queue and not self._in_head
+
+    def close_if_idle(self) -> None:
+        if self.idle and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class HttpServer:
+    """One listening socket and its connections. `start()` binds (raises OSError)."""
+
+    def __init__(self, handler: Handler, host: str, port: int, *, reuse_port: bool) -> None:
+        self.handler = handler
+        self._host = host
+        self._port = port
+        self._reuse_port = reuse_port
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[_Connection] = set()
+        self.draining = False
+        self.bad_requests = 0
+        self._server: asyncio.Server | None = None
+        self._closed_event = asyncio.Event()
+
+    async def start(self) -> int:
+        """Bind and listen; return the port (the real one when 0 was asked)."""
+        self._server = await self.loop.create_server(
+            lambda: _Connection(self),
+            self._host,
+            self._port,
+            reuse_address=True,
+            reuse_port=self._reuse_port or None,
+            backlog=1024,
+        )
+        sockets = self._server.sockets
+        return int(sockets[0].getsockname()[1]) if sockets else self._port
+
+    def begin_drain(self) -> None:
+        """From now on every answer closes its connection."""
+        self.draining = True
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, let in-flight requests finish within `grace` seconds, close."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        deadline = self.loop.time() + max(0.0, grace)
+        for connection in list(self.connections):
+            connection.close_if_idle()
+        while self.connections and self.loop.time() < deadline:
+            self._closed_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed_event.wait(), deadline - self.loop.time())
+            for connection in list(self.connections):
+                connection.close_if_idle()
+        for connection in list(self.connections):
+            connection.abort()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+    def connection_closed(self) -> None:
+        self._closed_event.set()
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets) -> (host, port) for `create_server`."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
