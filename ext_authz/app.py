@@ -20,6 +20,7 @@ from ext_authz.errors import IdPUnavailable, StoreUnavailable
 from ext_authz.metrics import Metrics
 from ext_authz.service import AppRuntime, BasicVerifier, BearerVerifier, CheckService
 from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
+from ext_authz.throttle import Throttle
 
 if TYPE_CHECKING:
     from ext_authz.config import Application, Settings
@@ -93,7 +94,12 @@ def build(settings: Settings, metrics: Metrics) -> Components:
             )
         )
     service = CheckService(
-        runtimes, sessions=sessions, credentials=credentials, logins=logins, metrics=metrics
+        runtimes,
+        sessions=sessions,
+        credentials=credentials,
+        logins=logins,
+        metrics=metrics,
+        throttle=Throttle(store, secret=secret, metrics=metrics),
     )
     return Components(
         service=service, store=store, http=http, oidc_clients=oidc_clients, sessions=sessions

@@ -72,6 +72,7 @@ __all__ = [
     "Settings",
     "StoreSettings",
     "StoreURL",
+    "ThrottleSettings",
     "load_settings",
     "parse_duration",
     "parse_settings",
@@ -406,6 +407,22 @@ class BearerReceive(BaseModel):
     verify: Literal["auto", "jwt", "introspection", "directory"] = "auto"
 
 
+class ThrottleSettings(BaseModel):
+    """Guessing limits (SPEC §5 "Cost and abuse"): rejected credentials per client
+    address, and per (client, username), in a fixed `window`; 0 failures turns it off.
+    New login states per client are limited to LOGIN_STATES_PER_FAILURE x `failures`
+    per window (a sign-in starts far more often than a password fails)."""
+
+    model_config = _MODEL_CONFIG
+
+    failures: int = Field(default=10, ge=0)
+    window: PositiveDuration = 60.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.failures > 0
+
+
 class ReceiveSettings(BaseModel):
     """Receiving header authentication (SPEC §5)."""
 
@@ -417,11 +434,12 @@ class ReceiveSettings(BaseModel):
     cache_ttl: Duration = 60.0
     negative_cache_ttl: Duration = 5.0
     create_session: bool = True
+    throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)
 
     @model_validator(mode="before")
     @classmethod
     def _sections(cls, data: Any) -> Any:
-        return _empty_sections(data, "basic", "bearer")
+        return _empty_sections(data, "basic", "bearer", "throttle")
 
 
 class SendBasic(BaseModel):

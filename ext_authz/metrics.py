@@ -68,6 +68,20 @@ class Metrics:
             ["app"],
             registry=reg,
         )
+        self.throttled = Counter(
+            "ext_authz_throttled",
+            "Requests answered 429 by the guessing limits, by application and kind "
+            "(credential or login)",
+            ["app", "kind"],
+            registry=reg,
+        )
+        self.throttle_started = Counter(
+            "ext_authz_throttle_started",
+            "Clients that crossed a guessing limit, by application, kind and scope "
+            "(client or user)",
+            ["app", "kind", "scope"],
+            registry=reg,
+        )
         self.internal_errors = Counter(
             "ext_authz_internal_errors",
             "Checks that hit an unexpected fault",

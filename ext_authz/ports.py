@@ -25,6 +25,7 @@ class Namespace:
     CREDENTIAL = "cred"  # key: hmac(secret, app + header value) hex
     LOGIN = "login"  # key: hmac(state) hex
     CLAIM = "claim"  # key: a credential cache key; "one replica verifies this now"
+    THROTTLE = "throttle"  # key: hmac(secret, kind, app, client[, username]); a counter
 
 
 class ByteStore(Protocol):
@@ -40,6 +41,13 @@ class ByteStore(Protocol):
     async def claim(self, namespace: str, key: str, ttl: float) -> bool:
         """Set a marker at `key` for `ttl` seconds unless one is there, atomically.
         True for the one caller that set it (across every replica)."""
+
+    async def count_up(self, namespace: str, key: str, ttl: float) -> tuple[int, float]:
+        """Add one to the counter at `key`, atomically; a new counter lives `ttl`
+        seconds (a fixed window from its first count). Returns (count, seconds left)."""
+
+    async def count(self, namespace: str, key: str) -> tuple[int, float]:
+        """The counter at `key` and its seconds left; (0, 0.0) when there is none."""
 
     async def delete(self, namespace: str, key: str) -> None:
         """Delete one key; absent keys are fine."""

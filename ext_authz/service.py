@@ -27,9 +27,23 @@ from ext_authz.core.credentials import (
     BearerCredential,
     MalformedCredential,
 )
-from ext_authz.core.decision import Allow, Deny, deny_no_http, not_found_app, unavailable
+from ext_authz.core.decision import (
+    Allow,
+    Deny,
+    deny_no_http,
+    not_found_app,
+    throttled_page,
+    unavailable,
+)
 from ext_authz.core.login import safe_return_url
-from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
+from ext_authz.core.model import (
+    AuthRequest,
+    Identity,
+    Rejected,
+    Throttled,
+    Unavailable,
+    Verified,
+)
 from ext_authz.errors import StoreUnavailable
 from ext_authz.logs import event
 from ext_authz.signin import BrowserSignIn
@@ -40,6 +54,7 @@ if TYPE_CHECKING:
     from ext_authz.core.model import VerifyOutcome
     from ext_authz.metrics import Metrics
     from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
+    from ext_authz.throttle import Throttle
 
 __all__ = ["AppRuntime", "CheckService"]
 
@@ -68,6 +83,7 @@ class CheckService:
         credentials: CredentialCache,
         logins: LoginStateRepository,
         metrics: Metrics,
+        throttle: Throttle,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._runtimes = {rt.app.name: rt for rt in runtimes}
@@ -76,6 +92,7 @@ class CheckService:
         self._credentials = credentials
         self._logins = logins
         self._metrics = metrics
+        self._throttle = throttle
         self._clock = clock
         self._signin = BrowserSignIn(sessions=sessions, logins=logins, metrics=metrics, clock=clock)
         self._inflight: dict[tuple[str, str], asyncio.Future[VerifyOutcome]] = {}
@@ -136,7 +153,7 @@ class CheckService:
             return Deny(status=204, reason="ping")
         if route is routing.OutpostRoute.START:
             rd = dict(parse_qsl(request.query)).get("rd")
-            return await self._signin.start(request, app, rt.oidc, safe_return_url(rd, app))
+            return await self._start_login(request, rt, safe_return_url(rd, app))
         if route is routing.OutpostRoute.CALLBACK:
             return await self._signin.callback(request, app, rt.oidc)
         if route is routing.OutpostRoute.SIGN_OUT:
@@ -162,7 +179,7 @@ class CheckService:
             )
         )
         if isinstance(outcome, steps.StartLogin):
-            answer = await self._signin.start(request, app, rt.oidc, outcome.return_to)
+            answer = await self._start_login(request, rt, outcome.return_to)
             if outcome.expire_session:
                 answer = answer.with_headers(("set-cookie", steps.expire_session_cookie(app)))
             return answer
@@ -175,6 +192,14 @@ class CheckService:
                 )
             return allowed
         return outcome
+
+    async def _start_login(self, request: AuthRequest, rt: AppRuntime, return_to: str) -> Deny:
+        """The sign-in redirect, unless the client started too many (SPEC §6)."""
+        if rt.oidc is not None:
+            retry_after = await self._throttle.login_started(rt.app, request.client)
+            if retry_after is not None:
+                return throttled_page(retry_after=retry_after)
+        return await self._signin.start(request, rt.app, rt.oidc, return_to)
 
     async def _load_session(
         self, request: AuthRequest, app: Application
@@ -207,13 +232,22 @@ class CheckService:
         app = rt.app
         header_value = (request.header("authorization") or "").split(",", 1)[0].strip()
         method = "basic" if isinstance(credential, BasicCredential) else "bearer"
+        username = credential.username if isinstance(credential, BasicCredential) else None
         try:
             cached = await self._credentials.get(app.name, header_value)
         except StoreUnavailable:
             self._metrics.store_errors.labels("credential_get").inc()
             cached = None
+        if cached is not None and cached.ok:
+            # Verified already: passes whatever the client's guessing count (SPEC §5).
+            self._metrics.count_cache("credential", "hit")
+            return cached.outcome()
+        retry_after = await self._throttle.blocked(app, request.client, username)
+        if retry_after is not None:
+            return Throttled(retry_after)
         if cached is not None:
             self._metrics.count_cache("credential", "hit")
+            await self._throttle.rejected(app, request.client, username)
             return cached.outcome()
         self._metrics.count_cache("credential", "miss")
 
@@ -228,6 +262,8 @@ class CheckService:
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._verification_done(key, done))
         outcome = await asyncio.shield(task)
+        if isinstance(outcome, Rejected):
+            await self._throttle.rejected(app, request.client, username)
         if not first:
             return outcome
         if isinstance(outcome, Rejected):
@@ -272,6 +308,15 @@ class CheckService:
             # the claim is free again, and this replica asks.
             claimed = await self._claim(app.name, header_value, window)
         try:
+            if claimed:
+                # A peer may have verified it between our cache miss and our claim.
+                try:
+                    cached = await self._credentials.get(app.name, header_value)
+                except StoreUnavailable:
+                    cached = None
+                if cached is not None:
+                    self._metrics.count_cache("credential", "peer")
+                    return cached.outcome()
             outcome = await self._call_verifier(rt, credential)
             await self._cache_outcome(app, header_value, outcome)
         finally:

@@ -68,11 +68,11 @@ class MemoryStore:
     def _full(self, namespace: str, key: str) -> str:
         return f"{self._prefix}{namespace}:{key}"
 
-    def _deadline(self, ttl: float) -> float:
+    def _deadline(self, ttl: float, now: float | None = None) -> float:
         if ttl <= 0:
             raise ValueError("ttl must be > 0")
         # Whole milliseconds, rounded up, as the protocol (and Redis PX) says.
-        return self._clock() + math.ceil(ttl * 1000) / 1000
+        return (self._clock() if now is None else now) + math.ceil(ttl * 1000) / 1000
 
     def _maybe_sweep(self) -> None:
         now = self._clock()
@@ -118,6 +118,29 @@ class MemoryStore:
 
     async def delete(self, namespace: str, key: str) -> None:
         self._backend.values.pop(self._full(namespace, key), None)
+
+    # --- counters ---------------------------------------------------------------
+
+    async def count_up(self, namespace: str, key: str, ttl: float) -> tuple[int, float]:
+        # No await between the read and the write: atomic under asyncio.
+        full = self._full(namespace, key)
+        now = self._clock()
+        entry = self._backend.values.get(full)
+        if entry is None or now >= entry[1]:
+            count, deadline = 1, self._deadline(ttl, now)
+            self._maybe_sweep()
+        else:
+            count, deadline = int(entry[0]) + 1, entry[1]
+        self._backend.values[full] = (str(count).encode(), deadline)
+        return count, deadline - now
+
+    async def count(self, namespace: str, key: str) -> tuple[int, float]:
+        full = self._full(namespace, key)
+        entry = self._backend.values.get(full)
+        now = self._clock()
+        if entry is None or now >= entry[1]:
+            return 0, 0.0
+        return int(entry[0]), entry[1] - now
 
     # --- indexes ----------------------------------------------------------------
 

@@ -74,6 +74,29 @@ redis.call('DEL', KEYS[1])
 return members
 """
 
+# INCR, and give a new counter its window (a fixed window from the first count).
+# Returns {count, ms left}.
+_COUNT_UP = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  left = tonumber(ARGV[1])
+end
+return {n, left}
+"""
+
+_COUNT = """
+local n = redis.call('GET', KEYS[1])
+if not n then
+  return {0, 0}
+end
+return {tonumber(n), redis.call('PTTL', KEYS[1])}
+"""
+
 _BACKOFF_START = 0.05
 _BACKOFF_MAX = 2.0
 _LISTENER_POLL = 1.0  # seconds a get_message call waits
@@ -192,6 +215,20 @@ class RedisStore:
     async def delete(self, namespace: str, key: str) -> None:
         full = self._full(namespace, key)
         await self._run("delete", lambda: self._client.delete(full))
+
+    # --- counters ---------------------------------------------------------------
+
+    async def count_up(self, namespace: str, key: str, ttl: float) -> tuple[int, float]:
+        full, ms = self._full(namespace, key), self._ms(ttl)
+        reply = await self._run(
+            "count_up", lambda: _awaitable(self._client.eval(_COUNT_UP, 1, full, str(ms)))
+        )
+        return _counter(reply)
+
+    async def count(self, namespace: str, key: str) -> tuple[int, float]:
+        full = self._full(namespace, key)
+        reply = await self._run("count", lambda: _awaitable(self._client.eval(_COUNT, 1, full)))
+        return _counter(reply)
 
     # --- indexes ----------------------------------------------------------------
 
@@ -331,6 +368,15 @@ class RedisStore:
         for extra in self._extra_closables:
             with contextlib.suppress(Exception):
                 await extra.aclose()
+
+
+def _counter(reply: Any) -> tuple[int, float]:
+    """A {count, ms left} script reply as (count, seconds left)."""
+    try:
+        count, left = int(reply[0]), int(reply[1])
+    except (TypeError, ValueError, IndexError) as exc:
+        raise StoreUnavailable(f"redis counter: unexpected reply {type(reply).__name__}") from exc
+    return count, max(0, left) / 1000
 
 
 def _as_bytes(value: Any) -> bytes | None:

@@ -22,6 +22,8 @@ __all__ = [
     "error_page",
     "not_found_app",
     "redirect",
+    "throttled_page",
+    "too_many_requests",
     "unauthorized",
     "unavailable",
     "unavailable_page",
@@ -141,6 +143,17 @@ def unavailable(request: AuthRequest, *, detail: str, reason: str, retry_after: 
     )
 
 
+def too_many_requests(request: AuthRequest, *, retry_after: int, reason: str) -> Deny:
+    """429 with `Retry-After`: the client is past a guessing limit (SPEC §5)."""
+    headers, body = _body(request, "too_many_requests", "too many failed attempts", 429)
+    return Deny(
+        status=429,
+        reason=reason,
+        headers=(*headers, ("retry-after", str(retry_after)), ("cache-control", "no-store")),
+        body=body,
+    )
+
+
 def redirect(location: str, *, reason: str, cookies: tuple[str, ...] = ()) -> Deny:
     headers: list[tuple[str, str]] = [("location", location), ("cache-control", "no-store")]
     headers += [("set-cookie", c) for c in cookies]
@@ -184,5 +197,16 @@ def unavailable_page(*, store: bool, retry_after: int = 5) -> Deny:
         title="Try again shortly",
         detail=f"The {what} is unavailable.",
         reason="store_unavailable" if store else "idp_unavailable",
+        extra_headers=(("retry-after", str(retry_after)),),
+    )
+
+
+def throttled_page(*, retry_after: int) -> Deny:
+    """The browser flows' 429: this client started too many sign-ins (SPEC §6)."""
+    return error_page(
+        429,
+        title="Too many sign-ins",
+        detail="Too many sign-ins were started from your address. Try again shortly.",
+        reason="login_throttled",
         extra_headers=(("retry-after", str(retry_after)),),
     )

@@ -16,6 +16,7 @@ __all__ = [
     "AuthRequest",
     "Identity",
     "Rejected",
+    "Throttled",
     "Unavailable",
     "Verified",
     "VerifyOutcome",
@@ -150,4 +151,12 @@ class Unavailable:
     reason: str
 
 
-VerifyOutcome = Verified | Rejected | Unavailable
+@dataclass(frozen=True, slots=True)
+class Throttled:
+    """Not verified at all: the client is past its guessing limit (SPEC §5). The
+    answer is 429; `retry_after` is the rest of its window, in seconds."""
+
+    retry_after: int
+
+
+VerifyOutcome = Verified | Rejected | Unavailable | Throttled

@@ -9,6 +9,7 @@ paths) happen before, in `ext_authz.core.routing`.
     5. header verified                       -> Allow(basic|bearer), maybe a new session
        header present but not valid          -> remembered
        verifier unavailable (IdP down)       -> 503 unless a skip path
+       client past its guessing limit        -> 429 unless a skip path
     6. skip path                             -> Allow(skip), no identity headers
     7. invalid header and intercepting       -> 401
        session unknown because store down   -> 503
@@ -29,8 +30,21 @@ from ext_authz.core.credentials import (
     MalformedCredential,
     parse_authorization,
 )
-from ext_authz.core.decision import Allow, Deny, unauthorized, unavailable
-from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
+from ext_authz.core.decision import (
+    Allow,
+    Deny,
+    too_many_requests,
+    unauthorized,
+    unavailable,
+)
+from ext_authz.core.model import (
+    AuthRequest,
+    Identity,
+    Rejected,
+    Throttled,
+    Unavailable,
+    Verified,
+)
 from ext_authz.core.upstream import client_authentik_headers, identity_headers, upstream_basic
 
 if TYPE_CHECKING:
@@ -142,6 +156,13 @@ def decide(facts: Facts) -> Allow | Deny | StartLogin:
         return _expiring(
             facts,
             unavailable(request, detail="identity provider unavailable", reason="idp_unavailable"),
+        )
+    if isinstance(verdict, Throttled):
+        # Never verified, so neither valid nor invalid: like an unavailable IdP, the
+        # answer does not depend on the intercept switch.
+        return _expiring(
+            facts,
+            too_many_requests(request, retry_after=verdict.retry_after, reason="throttled"),
         )
     if invalid and app.intercept_header_auth:
         rejected_token = method == "bearer"

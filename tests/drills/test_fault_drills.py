@@ -366,10 +366,16 @@ def own_redis(workdir: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
+# The drills are about faults, not guessing: their steady mix sends far more invalid
+# credentials than `receive.throttle` lets one client try, and each must still reach
+# the verifier (tests/e2e/test_abuse.py covers the throttle).
+NO_THROTTLE: dict[str, Any] = {"applications": {"app": {"receive": {"throttle": {"failures": 0}}}}}
+
+
 @pytest.fixture
 def two_replicas(make_stack: Any, own_redis: RedisServer) -> Stack:
     """Two replicas sharing the drill's Redis; the session IdP (left running)."""
-    stack: Stack = make_stack(replicas=2, store=own_redis)
+    stack: Stack = make_stack(replicas=2, store=own_redis, config_overrides=NO_THROTTLE)
     return stack
 
 
@@ -465,7 +471,9 @@ def drill_idp_stack(
     workdir: Path, echo_server: EchoServer, own_redis: RedisServer
 ) -> Iterator[tuple[Stack, IdP]]:
     """Two replicas, the drill's Redis and an IdP of their own (the drill stops it)."""
-    with private_idp_stack(workdir, echo_server, own_redis, name="drill-idp", replicas=2) as pair:
+    with private_idp_stack(
+        workdir, echo_server, own_redis, name="drill-idp", replicas=2, config_overrides=NO_THROTTLE
+    ) as pair:
         yield pair
 
 

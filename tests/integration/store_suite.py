@@ -374,3 +374,51 @@ class StoreBehaviour:
             await store.close()
 
         run(body())
+
+    # --- counters (the throttle, SPEC §5) ---------------------------------------------
+
+    def test_counter_counts_across_store_objects(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            a, b = harness.open(), harness.open()
+            try:
+                assert await a.count(Namespace.THROTTLE, "c") == (0, 0.0)
+                assert (await a.count_up(Namespace.THROTTLE, "c", 30))[0] == 1
+                assert (await b.count_up(Namespace.THROTTLE, "c", 30))[0] == 2
+                count, left = await b.count(Namespace.THROTTLE, "c")
+                assert count == 2 and 0 < left <= 30
+                raw = await harness.raw_entries()
+                (_, ttl) = raw[f"{harness.prefix}{Namespace.THROTTLE}:c"]
+                assert ttl is not None and 0 < ttl <= 30
+            finally:
+                await a.close()
+                await b.close()
+
+        run(body())
+
+    def test_counter_window_is_fixed_from_the_first_count(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            store = harness.open()
+            try:
+                _, first_left = await store.count_up(Namespace.THROTTLE, "w", 30)
+                # A later count with a longer ttl does not extend the window.
+                count, left = await store.count_up(Namespace.THROTTLE, "w", 3000)
+                assert count == 2
+                assert 0 < left <= first_left <= 30
+            finally:
+                await store.close()
+
+        run(body())
+
+    def test_concurrent_counts_are_all_counted(self, harness: StoreHarness) -> None:
+        async def body() -> None:
+            stores = [harness.open() for _ in range(4)]
+            try:
+                results = await asyncio.gather(
+                    *(s.count_up(Namespace.THROTTLE, "race", 30) for s in stores for _ in range(5))
+                )
+                assert sorted(n for n, _ in results) == list(range(1, 21))
+            finally:
+                for s in stores:
+                    await s.close()
+
+        run(body())

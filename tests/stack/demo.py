@@ -436,7 +436,13 @@ class Stack:
 
 @contextmanager
 def private_idp_stack(
-    workdir: Path, echo: EchoServer, redis: RedisServer, *, name: str, replicas: int = 1
+    workdir: Path,
+    echo: EchoServer,
+    redis: RedisServer,
+    *,
+    name: str,
+    replicas: int = 1,
+    config_overrides: dict[str, Any] | None = None,
 ) -> Iterator[tuple[Stack, IdP]]:
     """A stack with an IdP of its own (and a key prefix of its own), for tests that
     stop the IdP without hurting the rest of the session."""
@@ -451,6 +457,7 @@ def private_idp_stack(
         store_url=redis.url,
         redis=redis,
         replicas=replicas,
+        config_overrides=config_overrides,
         key_prefix=f"{name}:",
         name=name,
     )

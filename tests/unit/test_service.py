@@ -25,6 +25,7 @@ from ext_authz.errors import IdPUnavailable, StoreUnavailable
 from ext_authz.metrics import Metrics
 from ext_authz.service import AppRuntime, CheckService
 from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
+from ext_authz.throttle import Throttle
 from tests.unit.conftest import make_app
 
 SECRET = b"unit-test-secret-0123456789abcdef-0123"
@@ -132,7 +133,8 @@ def service(
             sessions=SessionRepository(store, secret=SECRET, local_ttl=local_ttl),
             credentials=CredentialCache(store, secret=SECRET, local_ttl=local_ttl),
             logins=LoginStateRepository(store, secret=SECRET),
-            metrics=Metrics(CollectorRegistry()),
+            metrics=(metrics := Metrics(CollectorRegistry())),
+            throttle=Throttle(store, secret=SECRET, metrics=metrics),
         ),
         store,
     )
