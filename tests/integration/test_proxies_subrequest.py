@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.stack.caddy import TEMPLATE as CADDY_TEMPLATE
 from tests.stack.caddy import Caddy
 from tests.stack.echo import EchoServer
 from tests.stack.envoy import HTTP_TEMPLATE, Envoy
@@ -516,6 +517,32 @@ def test_caddy_outpost_paths_are_proxied_as_they_are(caddy: Caddy, stub: StubAut
     assert sub.get("X-Forwarded-For") == "127.0.0.1"
     # The outpost route comes before the clean-up: the client's claims arrive.
     assert sub.get("X-authentik-username") == "root"
+
+
+def test_caddy_with_authentiks_trusted_proxies_lets_a_client_pick_the_host(
+    workdir: Path, tmp_path: Path, stub: StubAuthServer, echo_server: EchoServer
+) -> None:
+    """Why the Caddyfile leaves out authentik's `trusted_proxies private_ranges`: with
+    it, a client on a private address (here loopback) chooses the X-Forwarded-Host that
+    picks the application, so a session for one application could open another."""
+    with_trust = tmp_path / "Caddyfile"
+    text = CADDY_TEMPLATE.read_text()
+    marker = "\t\t\turi /outpost.goauthentik.io/auth/caddy\n"
+    assert marker in text
+    with_trust.write_text(text.replace(marker, marker + "\t\t\ttrusted_proxies private_ranges\n"))
+    proxy = Caddy(
+        upstream=f"127.0.0.1:{echo_server.port}",
+        ext_authz=stub.address,
+        workdir=workdir,
+        template=with_trust,
+        name="caddy-trusting",
+    )
+    with proxy:
+        send(proxy.listen_port, "GET", "/x", FORWARDED)
+    sub = stub.only()
+    assert sub.get("X-Forwarded-Host") == "other.localhost"
+    assert sub.get("X-Forwarded-Proto") == "https"
+    assert sub.get("X-Forwarded-For") == "203.0.113.9, 127.0.0.1"
 
 
 # -- Envoy http_service (envoy/envoy-http.yaml.tmpl) -----------------------------------
