@@ -18,7 +18,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl
 
 from ext_authz.core import routing, steps
 from ext_authz.core.cookies import get_cookie
@@ -35,7 +34,7 @@ from ext_authz.core.decision import (
     throttled_page,
     unavailable,
 )
-from ext_authz.core.login import safe_return_url
+from ext_authz.core.login import safe_return_url, start_return_url
 from ext_authz.core.model import (
     AuthRequest,
     Identity,
@@ -152,7 +151,7 @@ class CheckService:
         if route is routing.OutpostRoute.PING:
             return Deny(status=204, reason="ping")
         if route is routing.OutpostRoute.START:
-            rd = dict(parse_qsl(request.query)).get("rd")
+            rd = start_return_url(request.query)
             return await self._start_login(request, rt, safe_return_url(rd, app))
         if route is routing.OutpostRoute.CALLBACK:
             return await self._signin.callback(request, app, rt.oidc)

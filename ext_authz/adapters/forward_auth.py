@@ -248,18 +248,36 @@ _PASSED_WHEN_UNTOUCHED = ("authorization", "cookie")
 
 def to_response(dialect: Dialect, decision: Allow | Deny, original: AuthRequest) -> HttpResponse:
     if isinstance(decision, Allow):
-        return _allowed(dialect, decision, original)
-    status, headers, body = decision.status, decision.headers, decision.body
-    if dialect is Dialect.NGINX and status not in _NGINX_RELAYS:
-        # nginx turns anything but 401/403 from auth_request into a 500; its
-        # `error_page 401` sends browsers on to the sign-in. Keep the cookies (a
-        # stale session is expired) and say why in the body.
-        kept = tuple((k, v) for k, v in headers if k == "set-cookie")
-        headers = (*kept, ("content-type", "text/plain; charset=utf-8"))
-        headers += (("cache-control", "no-store"),)
-        body = f"401 {decision.reason}\n"
+        response = _allowed(dialect, decision, original)
+    else:
+        body = decision.body.encode("utf-8", "surrogateescape")
+        response = HttpResponse(decision.status, decision.headers, body)
+    if dialect is not Dialect.NGINX:
+        return response
+    return _for_nginx(response, decision.reason if isinstance(decision, Deny) else "allow")
+
+
+def _for_nginx(response: HttpResponse, reason: str) -> HttpResponse:
+    """What nginx 1.22's auth_request can relay: 2xx, 401 or 403 (anything else is
+    its own 500, and its `error_page 401` sends browsers on to the sign-in), the first
+    `WWW-Authenticate` line and the first `Set-Cookie` line only (seen in
+    tests/integration/test_proxies_subrequest.py). So: other statuses become 401 with
+    the reason in the body, the challenges share one line, one cookie is kept (a new
+    session's, or the expiry of a stale one: never both in one answer)."""
+    status, headers, body = response.status, list(response.headers), response.body
+    if status >= 300 and status not in _NGINX_RELAYS:
+        headers = [(k, v) for k, v in headers if k == "set-cookie"]
+        headers += [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")]
+        body = f"401 {reason}\n".encode()
         status = 401
-    return HttpResponse(status, tuple(headers), body.encode("utf-8", "surrogateescape"))
+    challenges = [v for k, v in headers if k == "www-authenticate"]
+    cookies = [v for k, v in headers if k == "set-cookie"]
+    headers = [(k, v) for k, v in headers if k not in ("www-authenticate", "set-cookie")]
+    if challenges:
+        headers.append(("www-authenticate", ", ".join(challenges)))
+    if cookies:
+        headers.append(("set-cookie", cookies[-1]))
+    return HttpResponse(status, tuple(headers), body)
 
 
 def _allowed(dialect: Dialect, decision: Allow, original: AuthRequest) -> HttpResponse:

@@ -13,12 +13,18 @@ import hashlib
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 if TYPE_CHECKING:
     from ext_authz.config import Application
 
-__all__ = ["authorize_url", "code_challenge", "end_session_url", "safe_return_url"]
+__all__ = [
+    "authorize_url",
+    "code_challenge",
+    "end_session_url",
+    "safe_return_url",
+    "start_return_url",
+]
 
 _FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\]")
 
@@ -94,3 +100,18 @@ def end_session_url(
     if not params:
         return endpoint
     return f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(params)}"
+
+
+def start_return_url(query: str) -> str | None:
+    """The `rd` of `/outpost.goauthentik.io/start?rd=...` (not yet checked: see
+    `safe_return_url`).
+
+    authentik's nginx snippet builds it unencoded (`start?rd=$scheme://$host$request_uri`),
+    so an original URL with a query arrives as `rd=http://h/p?a=1&b=2`, and a plain
+    query parser would cut it at `&b=2`. When the first parameter is such an unencoded
+    absolute URL (its `://` is literal), everything after `rd=` is that URL.
+    """
+    first = query.split("&", 1)[0]
+    if first.startswith("rd=") and "://" in first:
+        return query[len("rd=") :]
+    return dict(parse_qsl(query)).get("rd")

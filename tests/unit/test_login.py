@@ -6,7 +6,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from ext_authz.core.login import authorize_url, code_challenge, end_session_url, safe_return_url
+from ext_authz.core.login import (
+    authorize_url,
+    code_challenge,
+    end_session_url,
+    safe_return_url,
+    start_return_url,
+)
 from tests.unit.conftest import make_app
 
 APP = make_app(
@@ -233,3 +239,25 @@ def test_end_session_url_keeps_an_existing_query() -> None:
         "https://idp/end?x=1", id_token="t", post_logout_redirect_uri=None, fallback="/"
     )
     assert _query(url) == {"x": ["1"], "id_token_hint": ["t"]}
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        pytest.param(
+            "rd=http://app.example.com/p?a=1&b=2",
+            "http://app.example.com/p?a=1&b=2",
+            id="nginx-unencoded-keeps-its-query",
+        ),
+        pytest.param(
+            "rd=http%3A%2F%2Fapp.example.com%2Fp%3Fa%3D1%26b%3D2&x=1",
+            "http://app.example.com/p?a=1&b=2",
+            id="encoded",
+        ),
+        pytest.param("x=1&rd=%2Fhome", "/home", id="not-first"),
+        pytest.param("rd=/relative?a=1&b=2", "/relative?a=1", id="relative-parsed-plainly"),
+        pytest.param("", None, id="none"),
+    ],
+)
+def test_start_return_url(query: str, expected: str | None) -> None:
+    assert start_return_url(query) == expected
