@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import multiprocessing
 import os
@@ -211,7 +210,7 @@ async def _worker(settings: Settings, *, index: int, reuse_port: bool, with_http
     listeners: list[Listener] = [GrpcListener(server.listen, service.check, reuse_port=reuse_port)]
     if server.forward_auth_listen:
         forward_auth = ForwardAuth(
-            functools.partial(service.check, transport="http"),
+            service.check,
             TrustedProxies(server.trusted_networks),
             refused=lambda reason: metrics.count_check("-", reason, "-", "http"),
         )

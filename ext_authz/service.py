@@ -98,8 +98,15 @@ class CheckService:
 
     # --- the entry point -----------------------------------------------------------
 
-    async def check(self, request: AuthRequest, transport: str = "grpc") -> Allow | Deny:
-        """The answer to one request, from any transport (`transport` labels metrics)."""
+    async def check(
+        self, request: AuthRequest, transport: str = "grpc", *, can_redirect: bool = True
+    ) -> Allow | Deny:
+        """The answer to one request, from any transport (`transport` labels metrics).
+
+        `can_redirect=False`: the asking proxy cannot relay a redirect to the IdP
+        (nginx's auth_request; its error_page sends browsers to /start), so where the
+        decision is "sign in" the answer is the 401 challenge, and no login state is
+        stored for a redirect nobody will follow."""
         started = time.perf_counter()
         app_name = "-"
         try:
@@ -111,7 +118,8 @@ class CheckService:
                     decision = not_found_app(request)
                 else:
                     app_name = app.name
-                    decision = await self._decide(request, self._runtimes[app.name])
+                    runtime = self._runtimes[app.name]
+                    decision = await self._decide(request, runtime, can_redirect)
         except Exception:  # Check never raises: fail closed, with a trace for operators.
             self._metrics.internal_errors.inc()
             event(
@@ -145,7 +153,9 @@ class CheckService:
 
     # --- steps 3-7 -------------------------------------------------------------------
 
-    async def _decide(self, request: AuthRequest, rt: AppRuntime) -> Allow | Deny:
+    async def _decide(
+        self, request: AuthRequest, rt: AppRuntime, can_redirect: bool
+    ) -> Allow | Deny:
         app = rt.app
         route = routing.outpost_route(request)
         if route is routing.OutpostRoute.PING:
@@ -178,7 +188,10 @@ class CheckService:
             )
         )
         if isinstance(outcome, steps.StartLogin):
-            answer = await self._start_login(request, rt, outcome.return_to)
+            if can_redirect:
+                answer = await self._start_login(request, rt, outcome.return_to)
+            else:
+                answer = steps.challenge(request, app)
             if outcome.expire_session:
                 answer = answer.with_headers(("set-cookie", steps.expire_session_cookie(app)))
             return answer

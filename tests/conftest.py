@@ -136,6 +136,7 @@ class MakeStack(Protocol):
         context_app: str = "whoami",
         env: dict[str, str] | None = None,
         fresh: bool = False,
+        front: str = "envoy",
     ) -> Stack: ...
 
 
@@ -166,7 +167,8 @@ def make_stack(
     _stack_cache: _StackCache,
 ) -> Iterator[MakeStack]:
     """Factory: `make_stack(config_overrides=..., replicas=1|2, store="memory"|"redis"|
-    RedisServer, idp=True, context_app="whoami", env=None, fresh=False) -> Stack`.
+    RedisServer, idp=True, context_app="whoami", env=None, fresh=False, front="envoy")
+    -> Stack`.
 
     - config_overrides: a dict merged into the demo config (tests.stack.demo.merge_config:
       `{"applications": {"whoami": {...}}}` patches one application), or a function
@@ -176,6 +178,8 @@ def make_stack(
     - idp: include application `app` (OIDC at the session IdP); needs Node.
     - fresh: a stack of its own, stopped when the test ends (for tests that kill or
       restart parts of it). Otherwise stacks are cached per parameters for the session.
+    - front: the proxy in front (tests.stack.demo.FRONTS): "envoy" (gRPC), "envoy-http",
+      "nginx", "nginx-api" or "caddy" (forward auth, SPEC §10).
     """
     own: list[Stack] = []
 
@@ -188,11 +192,12 @@ def make_stack(
         context_app: str = "whoami",
         env: dict[str, str] | None = None,
         fresh: bool = False,
+        front: str = "envoy",
     ) -> Stack:
         if callable(config_overrides) or isinstance(store, RedisServer):
             fresh = True
         key = json.dumps(
-            [config_overrides, replicas, store, idp, context_app, env],
+            [config_overrides, replicas, store, idp, context_app, env, front],
             sort_keys=True,
             default=str,
         )
@@ -225,6 +230,7 @@ def make_stack(
             key_prefix=f"ext-authz-{n}:",
             env=env,
             name=f"stack-{n}",
+            front=front,
         )
         try:
             stack.start()

@@ -33,6 +33,7 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from ext_authz.adapters.http_server import HttpRequest, HttpResponse
@@ -55,7 +56,15 @@ AUTH_PREFIX = OUTPOST_PREFIX + "auth/"
 ENVOY_PREFIX = AUTH_PREFIX + "envoy"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Check = Callable[[AuthRequest], Awaitable[Allow | Deny]]
+
+class Check(Protocol):
+    """`CheckService.check` as the forward-auth port calls it."""
+
+    def __call__(
+        self, request: AuthRequest, transport: str = ..., *, can_redirect: bool = ...
+    ) -> Awaitable[Allow | Deny]: ...
+
+
 
 
 class Dialect(enum.Enum):
@@ -329,4 +338,6 @@ class ForwardAuth:
         return self._answer(dialect, original)
 
     async def _answer(self, dialect: Dialect, original: AuthRequest) -> HttpResponse:
-        return to_response(dialect, await self._check(original), original)
+        # nginx's auth_request cannot relay a redirect (its error_page does the sign-in).
+        decision = await self._check(original, "http", can_redirect=dialect is not Dialect.NGINX)
+        return to_response(dialect, decision, original)

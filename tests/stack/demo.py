@@ -27,9 +27,11 @@ from typing import Any
 import httpx
 from argon2 import PasswordHasher
 
+from tests.stack.caddy import Caddy
 from tests.stack.echo import EchoServer
-from tests.stack.envoy import Envoy
+from tests.stack.envoy import HTTP_TEMPLATE, Envoy
 from tests.stack.extauthz import ExtAuthz
+from tests.stack.nginx import API_401_TEMPLATE, BROWSER_TEMPLATE, Nginx
 from tests.stack.idp import IdP, IdPClient, IdPUser
 from tests.stack.proc import free_port
 from tests.stack.redis import RedisServer
@@ -319,8 +321,20 @@ def _fqdn(host: str) -> str:
     return host if "." in host or host == "localhost" else f"{host}.localhost"
 
 
+# The proxy in front of the replicas, and how it asks them (SPEC §10 for all but envoy).
+FRONTS = ("envoy", "envoy-http", "nginx", "nginx-api", "caddy")
+Front = Envoy | Nginx | Caddy
+
+
 class Stack:
-    """ext-authz replica(s) behind one Envoy, routing to an echo upstream.
+    """ext-authz replica(s) behind one proxy, routing to an echo upstream.
+
+    `front` names the proxy: "envoy" (gRPC ext_authz, envoy/envoy.yaml.tmpl; the
+    default), "envoy-http" (ext_authz http_service, envoy/envoy-http.yaml.tmpl),
+    "nginx" (deploy/nginx, authentik's auth_request snippet), "nginx-api" (its variant
+    that answers API clients 401) or "caddy" (deploy/caddy). The applications'
+    external hosts are on the front's port, so sign-in lands back on it. nginx and
+    Caddy ask the first replica only.
 
     The echo server, the IdP and Redis are handed in (already started; the Stack
     neither starts nor stops them).  `config` is the ext-authz config every replica
@@ -343,7 +357,11 @@ class Stack:
         key_prefix: str = "ext-authz:",
         env: dict[str, str] | None = None,
         name: str = "stack",
+        front: str = "envoy",
     ) -> None:
+        if front not in FRONTS:
+            raise ValueError(f"front: one of {FRONTS}, not {front!r}")
+        self.front_kind = front
         self.workdir = Path(workdir)
         self.name = name
         self.echo = echo
@@ -360,16 +378,49 @@ class Stack:
             ExtAuthz(config, self.workdir, env=env, name=f"{name}-ext-authz-{i + 1}")
             for i in range(replicas)
         ]
-        self.envoy = Envoy(
-            listen_port=self.port,
-            admin_port=admin_port,
-            ext_authz_ports=[r.port for r in self.replicas],
-            echo_port=echo.port,
-            context_app=context_app,
-            workdir=self.workdir,
-            name=f"{name}-envoy",
-        )
+        self.front: Front = self._front(front, admin_port, context_app, name)
         self._client: httpx.Client | None = None
+
+    def _front(self, front: str, admin_port: int | None, context_app: str, name: str) -> Front:
+        upstream = f"127.0.0.1:{self.echo.port}"
+        if front in ("envoy", "envoy-http"):
+            http = front == "envoy-http"
+            return Envoy(
+                listen_port=self.port,
+                admin_port=admin_port,
+                ext_authz_ports=[
+                    (r.forward_auth_port if http else r.port) or 0 for r in self.replicas
+                ],
+                echo_port=self.echo.port,
+                context_app=context_app,
+                workdir=self.workdir,
+                name=f"{name}-{front}",
+                **({"template": HTTP_TEMPLATE} if http else {}),
+            )
+        asking = self.replicas[0].forward_auth_address
+        if front == "caddy":
+            return Caddy(
+                upstream=upstream,
+                ext_authz=asking,
+                workdir=self.workdir,
+                listen_port=self.port,
+                name=f"{name}-caddy",
+            )
+        return Nginx(
+            upstream=upstream,
+            ext_authz=asking,
+            workdir=self.workdir,
+            listen_port=self.port,
+            template=API_401_TEMPLATE if front == "nginx-api" else BROWSER_TEMPLATE,
+            name=f"{name}-{front}",
+        )
+
+    @property
+    def envoy(self) -> Envoy:
+        """The front, when it is an Envoy (every stack but the nginx and Caddy ones)."""
+        if not isinstance(self.front, Envoy):
+            raise AttributeError(f"{self.name} has {self.front_kind} in front, not Envoy")
+        return self.front
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -377,7 +428,11 @@ class Stack:
         try:
             for replica in self.replicas:
                 replica.start(timeout)
-            self.envoy.start(timeout)
+            if isinstance(self.front, Envoy):
+                # The http_service cluster has no health checks to wait for.
+                self.front.start(timeout, wait_healthy=self.front_kind == "envoy")
+            else:
+                self.front.start(timeout)
         except BaseException:
             self.stop()
             raise
@@ -387,7 +442,7 @@ class Stack:
         if self._client is not None:
             self._client.close()
             self._client = None
-        self.envoy.stop()
+        self.front.stop()
         for replica in self.replicas:
             replica.stop()
 
@@ -431,7 +486,10 @@ class Stack:
         return self.request("GET", host, path, **kwargs)
 
     def __repr__(self) -> str:
-        return f"<Stack {self.name} envoy={self.envoy.url} replicas={len(self.replicas)}>"
+        return (
+            f"<Stack {self.name} {self.front_kind}=http://127.0.0.1:{self.port} "
+            f"replicas={len(self.replicas)}>"
+        )
 
 
 @contextmanager

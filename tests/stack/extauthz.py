@@ -51,7 +51,14 @@ class ExtAuthz:
             server["http_listen"] = (
                 f"127.0.0.1:{http_port if http_port is not None else free_port()}"
             )
+        # Forward auth (SPEC §10) on a port of its own, unless the config says (""
+        # turns it off).
+        if "forward_auth_listen" not in server:
+            server["forward_auth_listen"] = f"127.0.0.1:{free_port()}"
         self.port = _port_of(server["listen"])
+        self.forward_auth_port: int | None = (
+            _port_of(server["forward_auth_listen"]) if server["forward_auth_listen"] else None
+        )
         self.http_port: int | None = (
             _port_of(server["http_listen"]) if server["http_listen"] else None
         )
@@ -68,6 +75,13 @@ class ExtAuthz:
     @property
     def grpc_address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def forward_auth_address(self) -> str:
+        """127.0.0.1:P of the forward-auth port (ValueError when turned off)."""
+        if self.forward_auth_port is None:
+            raise ValueError(f"{self.name} has server.forward_auth_listen off")
+        return f"127.0.0.1:{self.forward_auth_port}"
 
     @property
     def http_url(self) -> str | None:
