@@ -57,14 +57,13 @@ ENVOY_PREFIX = AUTH_PREFIX + "envoy"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+
 class Check(Protocol):
     """`CheckService.check` as the forward-auth port calls it."""
 
     def __call__(
         self, request: AuthRequest, transport: str = ..., *, can_redirect: bool = ...
     ) -> Awaitable[Allow | Deny]: ...
-
-
 
 
 class Dialect(enum.Enum):

@@ -31,8 +31,8 @@ from tests.stack.caddy import Caddy
 from tests.stack.echo import EchoServer
 from tests.stack.envoy import HTTP_TEMPLATE, Envoy
 from tests.stack.extauthz import ExtAuthz
-from tests.stack.nginx import API_401_TEMPLATE, BROWSER_TEMPLATE, Nginx
 from tests.stack.idp import IdP, IdPClient, IdPUser
+from tests.stack.nginx import API_401_TEMPLATE, BROWSER_TEMPLATE, Nginx
 from tests.stack.proc import free_port
 from tests.stack.redis import RedisServer
 
