@@ -2,9 +2,15 @@
 
 Starts the echo upstream, the test IdP (when Node and tests/idp/node_modules are
 there), one ext-authz replica (memory store unless --store) with the demo config of
-tests.stack.demo, and Envoy on 127.0.0.1:8080 (admin 127.0.0.1:9901); prints the URLs
-and demo credentials; runs until Ctrl-C or SIGTERM, then stops everything.  The same
-launchers and config the tests use.
+tests.stack.demo, Envoy on 127.0.0.1:8080 asking it over gRPC (admin 127.0.0.1:9901),
+and, asking its forward-auth port (SPEC §10), nginx on 127.0.0.1:8081 with authentik's
+auth_request snippet (deploy/nginx) and Caddy on 127.0.0.1:8082 with authentik's
+forward_auth snippet (deploy/caddy). Prints the URLs and demo credentials; runs until
+Ctrl-C or SIGTERM, then stops everything. The same launchers and configs the tests use.
+
+Browser sign-in behind nginx and Caddy uses applications `app-nginx` and `app-caddy`
+(the same OIDC client as `app`, on host names of their own, so each front's session
+cookie stays with its own host).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from tests.stack.caddy import Caddy
 from tests.stack.demo import (
     ALICE,
     BOB,
@@ -25,10 +32,16 @@ from tests.stack.demo import (
     OIDC_CLIENT_ID,
     Stack,
     build_idp,
+    host_url,
+    oidc_app,
 )
 from tests.stack.echo import EchoServer
 from tests.stack.idp import IDP_DIR, IdP
+from tests.stack.nginx import Nginx
 from tests.stack.proc import ManagedProcess, stop_all
+
+# The forward-auth fronts: (name, application of their own for browser sign-in).
+FRONT_APPS = (("nginx", "app-nginx"), ("caddy", "app-caddy"))
 
 
 def idp_available() -> tuple[bool, str]:
@@ -39,7 +52,23 @@ def idp_available() -> tuple[bool, str]:
     return True, ""
 
 
-def banner(stack: Stack, idp: IdP | None, workdir: Path) -> str:
+def front_lines(name: str, port: int, app: str, idp: IdP | None) -> list[str]:
+    whoami = host_url("whoami", port) + "/"
+    lines = [
+        "",
+        f"  behind {name} (forward auth, authentik's snippet) on port {port}:",
+        f"    curl -i -u {ALICE.username}:{ALICE.app_password} {whoami}",
+        f"    curl -i {whoami}public/hello                       # no auth",
+    ]
+    if idp is not None:
+        lines.append(
+            f"    browser: {host_url(app, port)}/   sign in as {ALICE.username} / "
+            f"{ALICE.idp_password}"
+        )
+    return lines
+
+
+def banner(stack: Stack, idp: IdP | None, workdir: Path, fronts: list[tuple[str, int, str]]) -> str:
     whoami = stack.url("whoami", "/")
     lines = [
         "",
@@ -63,11 +92,14 @@ def banner(stack: Stack, idp: IdP | None, workdir: Path) -> str:
         ]
     else:
         lines += ["", "  (no IdP: application `app` and browser sign-in are not available)"]
+    for name, port, app_name in fronts:
+        lines += front_lines(name, port, app_name, idp)
+    replica = stack.replicas[0]
     lines += [
         "",
         f"  Envoy admin:  {stack.envoy.admin_url}",
-        f"  ext-authz:    grpc {stack.replicas[0].grpc_address}, "
-        f"metrics {stack.replicas[0].http_url}/metrics",
+        f"  ext-authz:    grpc {replica.grpc_address}, forward auth "
+        f"http://{replica.forward_auth_address}, metrics {replica.http_url}/metrics",
         f"  logs:         {workdir}",
         "",
         "Ctrl-C stops everything.",
@@ -80,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.stack", description=__doc__)
     parser.add_argument("--port", type=int, default=8080, help="Envoy listener (8080)")
     parser.add_argument("--admin-port", type=int, default=9901, help="Envoy admin (9901)")
+    parser.add_argument("--nginx-port", type=int, help="nginx (--port + 1)")
+    parser.add_argument("--caddy-port", type=int, help="Caddy (--port + 2)")
     parser.add_argument("--store", default="memory://", help="store url (memory://)")
     parser.add_argument("--no-idp", action="store_true", help="run without the IdP")
     parser.add_argument("--workdir", type=Path, help="configs and logs (a new temp dir)")
@@ -96,7 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    started: list[EchoServer | IdP | Stack] = []
+    ports = {
+        "nginx": args.nginx_port or args.port + 1,
+        "caddy": args.caddy_port or args.port + 2,
+    }
+    fronts = [(name, ports[name], app) for name, app in FRONT_APPS]
+    started: list[EchoServer | IdP | Stack | Nginx | Caddy] = []
     try:
         echo = EchoServer(workdir).start()
         started.append(echo)
@@ -107,8 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         elif not ok:
             print(f"running without the IdP: {why}", flush=True)
         else:
-            idp = build_idp(workdir, [args.port]).start()
+            extra = [host_url(app, port) for _, port, app in fronts]
+            idp = build_idp(workdir, [args.port], extra_hosts=extra).start()
             started.append(idp)
+        overrides = None
+        if idp is not None:
+            overrides = {
+                "applications": {app: oidc_app(port, idp.issuer, app) for _, port, app in fronts}
+            }
         stack = Stack(
             workdir=workdir,
             echo=echo,
@@ -116,14 +161,26 @@ def main(argv: list[str] | None = None) -> int:
             admin_port=args.admin_port,
             idp=idp,
             store_url=args.store,
+            config_overrides=overrides,
             name="demo",
         )
         stack.start()
         started.append(stack)
-        print(banner(stack, idp, workdir), flush=True)
+        upstream = f"127.0.0.1:{echo.port}"
+        asking = stack.replicas[0].forward_auth_address
+        nginx = Nginx(
+            upstream=upstream, ext_authz=asking, workdir=workdir, listen_port=ports["nginx"]
+        ).start()
+        started.append(nginx)
+        caddy = Caddy(
+            upstream=upstream, ext_authz=asking, workdir=workdir, listen_port=ports["caddy"]
+        ).start()
+        started.append(caddy)
+        print(banner(stack, idp, workdir, fronts), flush=True)
 
         watched: list[ManagedProcess] = [echo.process, stack.envoy.process]
         watched += [r.process for r in stack.replicas]
+        watched += [nginx.process, caddy.process]
         if idp is not None:
             watched.append(idp.process)
         while not stopping.wait(0.5):

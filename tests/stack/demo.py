@@ -121,12 +121,19 @@ def host_url(app: str, envoy_port: int) -> str:
 # -- the IdP ---------------------------------------------------------------------------
 
 
-def idp_clients(envoy_ports: Sequence[int], *, shared_domain: bool = False) -> list[IdPClient]:
+def idp_clients(
+    envoy_ports: Sequence[int],
+    *,
+    shared_domain: bool = False,
+    extra_hosts: Sequence[str] = (),
+) -> list[IdPClient]:
     """The OIDC client of application `app`, valid for every Envoy port given
-    (redirect URIs must match exactly, and each test stack has its own Envoy port)."""
+    (redirect URIs must match exactly, and each test stack has its own Envoy port),
+    and for `extra_hosts` (external hosts of more applications on the same client)."""
     hosts = [host_url("app", p) for p in envoy_ports]
     if shared_domain:  # the cookie_domain browser test serves `app` as app.example.test
         hosts += [shared_domain_url(p) for p in envoy_ports]
+    hosts += list(extra_hosts)
     return [
         IdPClient(
             client_id=OIDC_CLIENT_ID,
@@ -165,10 +172,11 @@ def build_idp(
     port: int | None = None,
     *,
     shared_domain: bool = False,
+    extra_hosts: Sequence[str] = (),
 ) -> IdP:
     """The demo IdP (not started)."""
     return IdP(
-        clients=idp_clients(envoy_ports, shared_domain=shared_domain),
+        clients=idp_clients(envoy_ports, shared_domain=shared_domain, extra_hosts=extra_hosts),
         users=idp_users(),
         groups=GROUPS,
         workdir=Path(workdir),
@@ -215,10 +223,11 @@ def whoami_app(envoy_port: int) -> dict[str, Any]:
     }
 
 
-def oidc_app(envoy_port: int, issuer: str) -> dict[str, Any]:
+def oidc_app(envoy_port: int, issuer: str, name: str = "app") -> dict[str, Any]:
+    """Application `name` at http://<name>.localhost:<port>, on the demo OIDC client."""
     return {
-        "name": "app",
-        "external_host": host_url("app", envoy_port),
+        "name": name,
+        "external_host": host_url(name, envoy_port),
         "oidc": {
             "issuer": issuer,
             "client_id": OIDC_CLIENT_ID,
