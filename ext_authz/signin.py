@@ -96,7 +96,8 @@ class BrowserSignIn:
             "app": app.name,
             "verifier": verifier,
             "nonce": nonce,
-            "return_to": return_to,
+            # Small and bounded: a return URL over 2 KiB (or not ours) is external_host.
+            "return_to": safe_return_url(return_to, app),
             "created_at": self._clock(),
             "binding": _digest(binding),
         }

@@ -4,6 +4,11 @@ Return URLs are the classic open-redirect hole, so the rule is an allow-list: an
 absolute http(s) URL (or a path starting with a single `/`) whose host is the
 application's own, or inside `cookie_domain` on a dot boundary. Everything else
 falls back to `external_host`.
+
+A return URL is also stored, in the login state, for up to 10 minutes: one longer
+than `MAX_RETURN_URL` (2 KiB, counted in UTF-8 bytes of the absolute URL that would
+be stored) falls back to `external_host` too, so an unauthenticated request with a
+huge URL cannot make a huge record (SPEC §6 "Start").
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ from urllib.parse import urlencode, urlsplit
 if TYPE_CHECKING:
     from ext_authz.config import Application
 
-__all__ = ["authorize_url", "code_challenge", "end_session_url", "safe_return_url"]
+__all__ = [
+    "MAX_RETURN_URL",
+    "authorize_url",
+    "code_challenge",
+    "end_session_url",
+    "safe_return_url",
+]
+
+MAX_RETURN_URL = 2048  # bytes; longer return URLs become external_host
 
 _FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\]")
 
@@ -28,7 +41,10 @@ def safe_return_url(candidate: str | None, app: Application) -> str:
     if not candidate or _FORBIDDEN.search(candidate):
         return fallback
     if candidate.startswith("/") and not candidate.startswith("//"):
-        return app.external_host.rstrip("/") + candidate
+        absolute = app.external_host.rstrip("/") + candidate
+        return absolute if _fits(absolute) else fallback
+    if not _fits(candidate):
+        return fallback
     try:
         parts = urlsplit(candidate)
         port = parts.port
@@ -48,6 +64,11 @@ def safe_return_url(candidate: str | None, app: Application) -> str:
     if domain and (host == domain or host.endswith("." + domain)):
         return candidate
     return fallback
+
+
+def _fits(url: str) -> bool:
+    """At most MAX_RETURN_URL bytes, the size it will have in the login state."""
+    return len(url.encode("utf-8", "surrogatepass")) <= MAX_RETURN_URL
 
 
 def code_challenge(verifier: str) -> str:

@@ -231,6 +231,45 @@ def test_callback_from_another_browser_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
+    "start",
+    [
+        pytest.param(("/huge", "q=" + "a" * 50_000), id="original-url"),
+        pytest.param(
+            (
+                "/outpost.goauthentik.io/start",
+                "rd=https%3A%2F%2Fapp.example.com%2Fwanted%3Fq%3D" + "b" * 50_000,
+            ),
+            id="rd",
+        ),
+    ],
+)
+def test_a_huge_return_url_is_never_stored_and_lands_on_external_host(
+    start: tuple[str, str],
+) -> None:
+    """SPEC §6 "Start": a return URL over 2 KiB becomes external_host; the login state
+    (state, verifier, nonce, return URL) stays a few hundred bytes."""
+    svc, store = service(oidc=FakeOIDC())
+
+    async def scenario() -> Deny:
+        begun = await svc.check(request(*start))
+        assert isinstance(begun, Deny) and begun.status == 302
+        (blob, _ttl), *others = store.raw_entries().values()
+        assert not others and isinstance(blob, bytes)
+        assert len(blob) < 1024, f"a {len(blob)}-byte login state"
+        state = parse_qs(urlsplit(header(begun, "location")[0]).query)["state"][0]
+        login = next(c for c in header(begun, "set-cookie") if "_login=" in c).split(";", 1)[0]
+        done = await svc.check(
+            request("/outpost.goauthentik.io/callback", f"code=c&state={state}", cookie=login)
+        )
+        assert isinstance(done, Deny)
+        return done
+
+    done = run(scenario())
+    assert done.status == 302
+    assert header(done, "location") == ["https://app.example.com/"]
+
+
+@pytest.mark.parametrize(
     ("down", "error", "status"), [(True, "", 503), (False, "invalid_grant", 400)]
 )
 def test_callback_token_faults(down: bool, error: str, status: int) -> None:
