@@ -4,6 +4,8 @@ IdP and redis-server (SPEC §6 "Start", "Return URL", "Callback").
 - A login state is small and bounded: a return URL over 2 KiB is replaced by
   `external_host` and never stored whole, so unauthenticated requests with huge URLs
   cannot fill the store. The record is measured where it lives, in Redis.
+- Someone who sees a victim's callback URL cannot spoil that sign-in: a callback
+  without the victim's login cookie does not use the state up.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from tests.e2e.signin import HTML, authorize_params, sign_in
+from tests.e2e.signin import HTML, authorize_params, sign_in, to_callback
 from tests.stack.demo import ALICE, BOB, Stack
 
 pytestmark = pytest.mark.e2e
@@ -100,3 +102,41 @@ def test_a_return_url_of_exactly_2_kib_is_kept_and_its_record_stays_bounded(
         assert size < RECORD_BOUND, f"the largest kept URL made a {size}-byte login state"
         flow = sign_in(redis_stack, ALICE, path, client=browser)
     assert flow.final.headers["location"] == redis_stack.url("app", path)
+
+
+# --- finding 8: the callback checks the login cookie before using the state up --------
+
+
+def test_a_callback_without_the_login_cookie_does_not_spoil_the_sign_in(stack: Stack) -> None:
+    victim, _, callback = to_callback(stack, ALICE, "/victim/page")
+    try:
+        # Someone who saw the callback URL (a log, a shared screen, Referer) replays it
+        # first: with no login cookie, and with a login cookie of their own.
+        with stack.client() as stranger:
+            no_cookie = stranger.get(callback, headers=HTML)
+            assert no_cookie.status_code == 400, no_cookie.text[:200]
+            assert "/outpost.goauthentik.io/start" in no_cookie.text
+        with stack.client() as attacker:
+            own = attacker.get(stack.url("app", "/attacker"), headers=HTML)
+            assert own.status_code == 302
+            assert any("_login=" in c for c in own.headers.get_list("set-cookie"))
+            other_cookie = attacker.get(callback, headers=HTML)
+            assert other_cookie.status_code == 400, other_cookie.text[:200]
+
+        # The victim's own browser still completes the sign-in...
+        jar = victim.cookies.jar
+        (login_cookie,) = [(c.name, c.value) for c in jar if c.name.endswith("_login")]
+        final = victim.get(callback, headers=HTML)
+        assert final.status_code == 302, (final.status_code, final.text[:200])
+        assert final.headers["location"] == stack.url("app", "/victim/page")
+        page = victim.get(final.headers["location"], headers=HTML)
+        assert page.status_code == 200 and "alice" in page.text
+
+        # ...once: a replay fails, even with the right login cookie (the callback's
+        # answer expired it in the browser, so send it by hand).
+        cookie = {"Cookie": f"{login_cookie[0]}={login_cookie[1]}"}
+        with stack.client() as replayer:
+            replay = replayer.get(callback, headers={**HTML, **cookie})
+        assert replay.status_code == 400, (replay.status_code, replay.text[:200])
+    finally:
+        victim.close()

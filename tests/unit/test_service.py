@@ -215,19 +215,33 @@ def test_callback_refusals(query: str, status: int) -> None:
     assert not header(answer, "location"), "an error page, never a redirect loop"
 
 
-def test_callback_from_another_browser_is_refused() -> None:
+@pytest.mark.parametrize(
+    "stranger",
+    [
+        pytest.param("", id="no-login-cookie"),
+        pytest.param(
+            APP.cookie_name + "_login=someone-elses-binding-value-0123456789abcdef", id="own-cookie"
+        ),
+    ],
+)
+def test_callback_from_another_browser_is_refused_and_spoils_nothing(stranger: str) -> None:
+    """SPEC §6 "Callback": the login cookie is checked before the state is used up, so
+    whoever sees the victim's callback URL cannot spoil the victim's sign-in."""
     svc, _ = service(oidc=FakeOIDC())
+    callback = "/outpost.goauthentik.io/callback"
 
-    async def scenario() -> Deny:
-        _, state, _ = await _start(svc)
-        other = "authentik_proxy_x_login=someone-elses-binding-value-0123456789"
-        answer = await svc.check(
-            request("/outpost.goauthentik.io/callback", f"code=c&state={state}", cookie=other)
-        )
-        assert isinstance(answer, Deny)
-        return answer
+    async def scenario() -> None:
+        _, state, cookie = await _start(svc)
+        headers = {"cookie": stranger} if stranger else {}
+        refused = await svc.check(request(callback, f"code=c&state={state}", **headers))
+        assert isinstance(refused, Deny) and refused.status == 400
+        victim = await svc.check(request(callback, f"code=c&state={state}", cookie=cookie))
+        assert isinstance(victim, Deny) and victim.status == 302
+        assert header(victim, "location") == ["https://app.example.com/wanted"]
+        replay = await svc.check(request(callback, f"code=c&state={state}", cookie=cookie))
+        assert isinstance(replay, Deny) and replay.status == 400
 
-    assert run(scenario()).status == 400
+    run(scenario())
 
 
 @pytest.mark.parametrize(
