@@ -3,10 +3,14 @@ through the real Envoy of the test stack.
 
 - `log_format: console` escapes control characters: a `%0a` in the callback's
   `error` stays inside its one line.
+- A client-sent `X-Request-Id` never reaches the log as if Envoy had made it: the
+  shipped Envoy configs make Envoy the edge (`use_remote_address`), so Envoy replaces
+  it with its own id.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +23,7 @@ from tests.stack.demo import Stack
 pytestmark = pytest.mark.e2e
 
 REFUSED = "sign-in refused by the identity provider"
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def wait_for(find: Callable[[], Any], what: str, timeout: float = 5.0) -> Any:
@@ -32,6 +37,25 @@ def wait_for(find: Callable[[], Any], what: str, timeout: float = 5.0) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"no log line: {what}")
         time.sleep(0.05)
+
+
+def test_a_client_sent_x_request_id_is_replaced_by_envoys_own(stack: Stack) -> None:
+    marker = f"probe_{uuid.uuid4().hex}"
+    answer = stack.get(
+        "app",
+        f"/outpost.goauthentik.io/callback?error={marker}",
+        headers={"X-Request-Id": "forged-123"},
+    )
+    assert answer.status_code == 403
+    replica = stack.replicas[0]
+    (record,) = wait_for(
+        lambda: [
+            r for r in replica.log_records() if r.get("msg") == REFUSED and r.get("error") == marker
+        ],
+        f"{REFUSED} for {marker}",
+    )
+    assert record["request_id"] != "forged-123"
+    assert UUID.match(record["request_id"]), record["request_id"]
 
 
 def test_console_log_lines_cannot_be_forged_through_the_callback(make_stack: Any) -> None:
