@@ -6,9 +6,12 @@ application's own, or inside `cookie_domain` on a dot boundary. Everything else
 falls back to `external_host`.
 
 A return URL is also stored, in the login state, for up to 10 minutes: one longer
-than `MAX_RETURN_URL` (2 KiB, counted in UTF-8 bytes of the absolute URL that would
-be stored) falls back to `external_host` too, so an unauthenticated request with a
-huge URL cannot make a huge record (SPEC §6 "Start").
+than `MAX_RETURN_URL` (2 KiB) falls back to `external_host` too, so an
+unauthenticated request with a huge URL cannot make a huge record (SPEC §6 "Start").
+The length is that of the absolute URL as it travels in a request line, with
+non-ASCII characters (UTF-8) and `"` percent-encoded: 3 bytes per encoded byte. That
+is also an upper bound of its size in the stored JSON (`\\u00e9` is no longer than
+`%C3%A9`), so the record stays under ~2.5 KB whatever the characters.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ __all__ = [
     "safe_return_url",
 ]
 
-MAX_RETURN_URL = 2048  # bytes; longer return URLs become external_host
+MAX_RETURN_URL = 2048  # bytes, percent-encoded; longer return URLs become external_host
 
 _FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\]")
 
@@ -67,8 +70,11 @@ def safe_return_url(candidate: str | None, app: Application) -> str:
 
 
 def _fits(url: str) -> bool:
-    """At most MAX_RETURN_URL bytes, the size it will have in the login state."""
-    return len(url.encode("utf-8", "surrogatepass")) <= MAX_RETURN_URL
+    """At most MAX_RETURN_URL bytes once percent-encoded (see the module docstring)."""
+    if len(url) > MAX_RETURN_URL:  # every character is at least one byte
+        return False
+    encoded = url.encode("utf-8", "surrogatepass")
+    return sum(3 if b >= 0x80 or b == 0x22 else 1 for b in encoded) <= MAX_RETURN_URL
 
 
 def code_challenge(verifier: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+import json
+import string
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
@@ -150,16 +152,29 @@ def test_a_return_url_over_2_kib_falls_back(prefix: str) -> None:
     assert safe_return_url(prefix + "a" * 50_000, APP) == FALLBACK
 
 
-def test_the_2_kib_bound_counts_the_stored_absolute_url_in_utf8_bytes() -> None:
+def test_the_2_kib_bound_counts_the_stored_url_percent_encoded() -> None:
     # A path-only candidate becomes external_host + path: that is what is measured.
     base = "https://app.example.com"
     path = "/p?q=" + "a" * (MAX_RETURN_URL - len(base) - len("/p?q="))
     assert safe_return_url(path, APP) == base + path
     assert safe_return_url(path + "a", APP) == FALLBACK
-    # Two bytes a character: 2 KiB of UTF-8 is fewer characters.
-    wide = _url_of_length("https://app.example.com/p?q=", MAX_RETURN_URL, fill="\u00e9")
+    # A non-ASCII character counts as its percent-encoded UTF-8 (`%C3%A9`, 6 bytes):
+    # its JSON escape in the login state (`\\u00e9`) is no longer, so the record stays
+    # small whatever the characters.
+    prefix = "https://app.example.com/p?q="
+    wide = (
+        prefix
+        + "\u00e9" * ((MAX_RETURN_URL - len(prefix)) // 6)
+        + "a" * ((MAX_RETURN_URL - len(prefix)) % 6)
+    )
+    assert len(quote(wide, safe=string.printable)) == MAX_RETURN_URL
     assert safe_return_url(wide, APP) == wide
-    assert safe_return_url(wide + "\u00e9", APP) == FALLBACK
+    assert safe_return_url(wide + "a", APP) == FALLBACK
+    quotes = prefix + '"' * ((MAX_RETURN_URL - len(prefix)) // 3 + 1)
+    assert safe_return_url(quotes, APP) == FALLBACK
+    for url in (wide, base + path):
+        stored = json.dumps({"return_to": url})
+        assert len(stored) <= MAX_RETURN_URL + len('{"return_to": ""}')
 
 
 # --- PKCE and the authorize URL --------------------------------------------------------

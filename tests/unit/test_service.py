@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import string
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from ext_authz.adapters.memory_store import MemoryStore
 from ext_authz.adapters.oidc import Discovery, TokenError, TokenSet
 from ext_authz.core.decision import Allow, Deny
+from ext_authz.core.login import MAX_RETURN_URL
 from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
 from ext_authz.errors import IdPUnavailable, StoreUnavailable
 from ext_authz.metrics import Metrics
@@ -281,6 +283,33 @@ def test_a_huge_return_url_is_never_stored_and_lands_on_external_host(
     done = run(scenario())
     assert done.status == 302
     assert header(done, "location") == ["https://app.example.com/"]
+
+
+@pytest.mark.parametrize("fill", ["a", "\u00e9", "\u4e2d", "\U0001f600"])
+def test_the_largest_kept_return_url_still_makes_a_small_record(fill: str) -> None:
+    """Whatever its characters, a return URL at the 2 KiB limit (percent-encoded) is
+    kept and its login state stays under 3 KB."""
+    prefix = "https://app.example.com/wanted?q="
+    budget = MAX_RETURN_URL - len(prefix)
+    width = len(quote(fill))
+    url = prefix + fill * (budget // width) + "a" * (budget % width)
+    assert len(quote(url, safe=string.printable)) == MAX_RETURN_URL
+    svc, store = service(oidc=FakeOIDC())
+
+    async def scenario() -> Deny:
+        begun = await svc.check(request("/outpost.goauthentik.io/start", "rd=" + quote(url)))
+        assert isinstance(begun, Deny) and begun.status == 302
+        ((blob, _ttl),) = store.raw_entries().values()
+        assert isinstance(blob, bytes) and len(blob) < 3 * 1024, f"{len(blob)} bytes"
+        state = parse_qs(urlsplit(header(begun, "location")[0]).query)["state"][0]
+        login = next(c for c in header(begun, "set-cookie") if "_login=" in c).split(";", 1)[0]
+        done = await svc.check(
+            request("/outpost.goauthentik.io/callback", f"code=c&state={state}", cookie=login)
+        )
+        assert isinstance(done, Deny)
+        return done
+
+    assert header(run(scenario()), "location") == [url]
 
 
 @pytest.mark.parametrize(
