@@ -119,6 +119,9 @@ def _listener(lst: Listener) -> dict[str, Any]:
         "@type": f"{_T}.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": lst.stat_prefix,
         "generate_request_id": True,
+        # The edge, as in envoy/envoy.yaml.tmpl: Envoy's own x-request-id, never a client's.
+        "use_remote_address": True,
+        "preserve_external_request_id": False,
         "route_config": {
             "name": lst.name,
             "virtual_hosts": [{

@@ -6,7 +6,8 @@ What is stored where (namespaces from `ext_authz.ports.Namespace`):
     session        SESSION     sha256(cookie value)            cookie value, b"session"
     per-sub index  SUB_INDEX   hmac(secret, "sub", app, sub)   (set of session keys)
     credential     CREDENTIAL  hmac(secret, app, header)       header value, b"credential"
-    login state    LOGIN       hmac(secret, "login", state)    state, b"login"
+    login state    LOGIN       hmac(secret, "login", app,      state + login cookie,
+                               state, login cookie)            b"login"
 
 (columns: record, namespace, store key, sealed with: HKDF material and context)
 
@@ -367,9 +368,18 @@ def _credential_from(data: dict[str, Any] | None, app: str) -> CachedCredential 
 
 
 class LoginStateRepository:
-    """Single-use login states (SPEC §6 "Start" / "Callback"): `take` consumes the
-    record atomically in the store, so a replayed callback finds nothing, on any
-    replica. No local cache on purpose."""
+    """Single-use login states (SPEC §6 "Start" / "Callback").
+
+    A state is stored under HMAC(secret, app, state, binding), where `binding` is the
+    value of the browser's login cookie, and sealed under the state and the binding.
+    So the binding is checked *before* anything is used up: a callback from another
+    browser (no login cookie, or its own) addresses a key that does not exist and
+    leaves the victim's record untouched for the victim. The right browser's `take`
+    is one atomic get-and-delete in the store, so a replay, or a second replica racing
+    the first, finds nothing. (A non-consuming read then a take would also work, but
+    costs two round trips and a window between them; the keyed lookup has neither,
+    and gives a stranger no way to tell "wrong cookie" from "no such state".)
+    No local cache on purpose."""
 
     def __init__(
         self,
@@ -382,23 +392,41 @@ class LoginStateRepository:
         self._secret = secret
         self._wall = clock_wall
 
-    def _key(self, state: str) -> str:
-        return hmac_hex(self._secret, "login", state)
+    def _key(self, app: str, state: str, binding: str) -> str:
+        return hmac_hex(self._secret, "login", app, state, binding)
 
-    async def put(self, state: str, record: Mapping[str, Any], ttl: float = 600.0) -> None:
-        """Store a JSON-serialisable `record` under `state` for `ttl` seconds."""
+    @staticmethod
+    def _material(state: str, binding: str) -> bytes:
+        return b"\0".join((state.encode("utf-8"), binding.encode("utf-8")))
+
+    async def put(
+        self,
+        app: str,
+        state: str,
+        binding: str,
+        record: Mapping[str, Any],
+        ttl: float = 600.0,
+    ) -> None:
+        """Store a JSON-serialisable `record` for `ttl` seconds, for the browser whose
+        login cookie is `binding`."""
         payload = {"v": _FORMAT, "record": dict(record), "expires_at": self._wall() + ttl}
-        blob = seal(state.encode("utf-8"), _dumps(payload), context=_LOGIN, salt=self._secret)
-        await self._store.set(Namespace.LOGIN, self._key(state), blob, ttl)
+        blob = seal(
+            self._material(state, binding), _dumps(payload), context=_LOGIN, salt=self._secret
+        )
+        await self._store.set(Namespace.LOGIN, self._key(app, state, binding), blob, ttl)
 
-    async def take(self, state: str) -> dict[str, Any] | None:
-        """The record, once; None when absent, expired, already taken or tampered."""
-        if not state or len(state) > _MAX_TOKEN_LEN:
+    async def take(self, app: str, state: str, binding: str) -> dict[str, Any] | None:
+        """The record, once, for the browser holding `binding`; None when absent,
+        expired, already taken, tampered, or asked for with another binding or
+        application (the record then stays, untouched)."""
+        if not state or not binding or max(len(state), len(binding)) > _MAX_TOKEN_LEN:
             return None
-        blob = await self._store.take(Namespace.LOGIN, self._key(state))
+        blob = await self._store.take(Namespace.LOGIN, self._key(app, state, binding))
         if blob is None:
             return None
-        data = _loads(open_sealed(state.encode("utf-8"), blob, context=_LOGIN, salt=self._secret))
+        data = _loads(
+            open_sealed(self._material(state, binding), blob, context=_LOGIN, salt=self._secret)
+        )
         if data is None or not isinstance(data.get("record"), dict):
             return None
         try:

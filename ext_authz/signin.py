@@ -8,7 +8,6 @@ redirect loop), or a 503 page with Retry-After when the store or the IdP is down
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import time
@@ -28,7 +27,6 @@ from ext_authz.core.decision import (
 )
 from ext_authz.core.login import authorize_url, end_session_url, safe_return_url
 from ext_authz.core.model import AuthRequest
-from ext_authz.crypto import constant_time_equals
 from ext_authz.errors import IdPUnavailable, StoreUnavailable, TokenError
 from ext_authz.logs import event
 
@@ -92,16 +90,15 @@ class BrowserSignIn:
             secrets.token_urlsafe(32),
             secrets.token_urlsafe(64),
         )
+        # Small and bounded: a return URL over 2 KiB (or not ours) is external_host.
         record = {
-            "app": app.name,
             "verifier": verifier,
             "nonce": nonce,
-            "return_to": return_to,
+            "return_to": safe_return_url(return_to, app),
             "created_at": self._clock(),
-            "binding": _digest(binding),
         }
         try:
-            await self._logins.put(state, record, LOGIN_TTL)
+            await self._logins.put(app.name, state, binding, record, LOGIN_TTL)
         except StoreUnavailable:
             self._metrics.store_errors.labels("login_put").inc()
             return unavailable(
@@ -158,17 +155,15 @@ class BrowserSignIn:
                 reason="callback_bad_request",
                 link=start_link,
             )
+        # The state is stored under (app, state, login cookie): a callback without this
+        # browser's login cookie finds nothing and uses nothing up (SPEC §6 "Callback"),
+        # so whoever sees a victim's callback URL cannot spoil that sign-in.
+        binding = get_cookie(request.header("cookie"), steps.login_cookie_name(app)) or ""
         try:
-            record = await self._logins.take(state)
+            record = await self._logins.take(app.name, state, binding)
         except StoreUnavailable:
             return self._store_down_page("login_take")
-        binding = get_cookie(request.header("cookie"), steps.login_cookie_name(app)) or ""
-        if (
-            record is None
-            or record.get("app") != app.name
-            or float(record.get("created_at", 0)) + LOGIN_TTL < self._clock()
-            or not constant_time_equals(str(record.get("binding", "")), _digest(binding))
-        ):
+        if record is None or float(record.get("created_at", 0)) + LOGIN_TTL < self._clock():
             event(
                 logging.INFO, "sign-in state rejected", app=app.name, request_id=request.request_id
             )
@@ -286,7 +281,3 @@ class BrowserSignIn:
             except IdPUnavailable:
                 location = home
         return redirect(location, reason="signed_out", cookies=(expired,))
-
-
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()

@@ -4,6 +4,14 @@ Return URLs are the classic open-redirect hole, so the rule is an allow-list: an
 absolute http(s) URL (or a path starting with a single `/`) whose host is the
 application's own, or inside `cookie_domain` on a dot boundary. Everything else
 falls back to `external_host`.
+
+A return URL is also stored, in the login state, for up to 10 minutes: one longer
+than `MAX_RETURN_URL` (2 KiB) falls back to `external_host` too, so an
+unauthenticated request with a huge URL cannot make a huge record (SPEC §6 "Start").
+The length is that of the absolute URL as it travels in a request line, with
+non-ASCII characters (UTF-8) and `"` percent-encoded: 3 bytes per encoded byte. That
+is also an upper bound of its size in the stored JSON (`\\u00e9` is no longer than
+`%C3%A9`), so the record stays under ~2.5 KB whatever the characters.
 """
 
 from __future__ import annotations
@@ -19,12 +27,15 @@ if TYPE_CHECKING:
     from ext_authz.config import Application
 
 __all__ = [
+    "MAX_RETURN_URL",
     "authorize_url",
     "code_challenge",
     "end_session_url",
     "safe_return_url",
     "start_return_url",
 ]
+
+MAX_RETURN_URL = 2048  # bytes, percent-encoded; longer return URLs become external_host
 
 _FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\]")
 
@@ -34,7 +45,10 @@ def safe_return_url(candidate: str | None, app: Application) -> str:
     if not candidate or _FORBIDDEN.search(candidate):
         return fallback
     if candidate.startswith("/") and not candidate.startswith("//"):
-        return app.external_host.rstrip("/") + candidate
+        absolute = app.external_host.rstrip("/") + candidate
+        return absolute if _fits(absolute) else fallback
+    if not _fits(candidate):
+        return fallback
     try:
         parts = urlsplit(candidate)
         port = parts.port
@@ -54,6 +68,14 @@ def safe_return_url(candidate: str | None, app: Application) -> str:
     if domain and (host == domain or host.endswith("." + domain)):
         return candidate
     return fallback
+
+
+def _fits(url: str) -> bool:
+    """At most MAX_RETURN_URL bytes once percent-encoded (see the module docstring)."""
+    if len(url) > MAX_RETURN_URL:  # every character is at least one byte
+        return False
+    encoded = url.encode("utf-8", "surrogatepass")
+    return sum(3 if b >= 0x80 or b == 0x22 else 1 for b in encoded) <= MAX_RETURN_URL
 
 
 def code_challenge(verifier: str) -> str:

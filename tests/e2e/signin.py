@@ -25,13 +25,14 @@ def authorize_params(location: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
 
 
-def sign_in(
+def to_callback(
     stack: Stack,
     user: DemoUser,
     path: str = "/page",
     client: httpx.Client | None = None,
-) -> SignIn:
-    """Open a protected page, sign in at the IdP, and stop at the callback's answer.
+) -> tuple[httpx.Client, str, str]:
+    """Open a protected page and sign in at the IdP, stopping *before* the callback:
+    (the browser, the authorize URL, the callback URL the IdP sent it to).
 
     Redirects on the application's own site come first when the front sends the
     browser to /outpost.goauthentik.io/start itself (nginx's error_page)."""
@@ -64,6 +65,16 @@ def sign_in(
         url = urljoin(url, answer.headers["location"])
     else:
         raise AssertionError("the IdP never sent the browser back")
-    callback = url
+    return browser, authorize, url
+
+
+def sign_in(
+    stack: Stack,
+    user: DemoUser,
+    path: str = "/page",
+    client: httpx.Client | None = None,
+) -> SignIn:
+    """Open a protected page, sign in at the IdP, and stop at the callback's answer."""
+    browser, authorize, callback = to_callback(stack, user, path, client)
     final = browser.get(callback, headers=HTML)
     return SignIn(client=browser, authorize_url=authorize, callback_url=callback, final=final)

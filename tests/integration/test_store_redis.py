@@ -204,12 +204,15 @@ def test_a_raw_copy_of_the_store_reveals_nothing(shared_redis: RedisProcess) -> 
         basic = "Basic " + base64.b64encode(b"alice:app-password-789").decode()
         bearer = "Bearer " + ALICE.token
         state = "state-value-abcdef123456"
+        binding = "login-cookie-value-0123456789abcdefghij"
         try:
             cookie = await sessions.create("whoami", ALICE, time.time() + 600)
             await credentials.put_verified("whoami", basic, ALICE, 60)
             await credentials.put_verified("whoami", bearer, ALICE, 60)
             await credentials.put_rejected("whoami", "Bearer wrong-token-555", "bad sig", 5)
-            await logins.put(state, {"verifier": "pkce-verifier-777", "nonce": "nonce-888"})
+            await logins.put(
+                "whoami", state, binding, {"verifier": "pkce-verifier-777", "nonce": "nonce-888"}
+            )
             raw = raw_entries([shared_redis], prefix)
             assert len(raw) == 6  # session, sub index, 3 credentials, 1 login state
             dump = b"\n".join(
@@ -236,6 +239,7 @@ def test_a_raw_copy_of_the_store_reveals_nothing(shared_redis: RedisProcess) -> 
                 "attr-password-value",
                 "deep-attr-value",
                 state,
+                binding,
                 "pkce-verifier-777",
                 "nonce-888",
                 SECRET.decode(),
@@ -246,7 +250,7 @@ def test_a_raw_copy_of_the_store_reveals_nothing(shared_redis: RedisProcess) -> 
             sessions.forget_local()
             record = await sessions.get("whoami", cookie)
             assert record is not None and record.identity == ALICE
-            assert await logins.take(state) == {
+            assert await logins.take("whoami", state, binding) == {
                 "verifier": "pkce-verifier-777",
                 "nonce": "nonce-888",
             }

@@ -610,6 +610,85 @@ def test_traefik_dynamic_config() -> None:
         config.route(ClientRequest(host="other.company"))
 
 
+# -- Envoy configs: Envoy makes the request id (issue 11, finding 9) --------------------
+
+HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+
+
+def shipped_envoy_configs() -> list[tuple[str, dict[str, Any]]]:
+    """Every Envoy bootstrap we ship, parsed: each YAML/JSON document under envoy/ and
+    deploy/ with `static_resources`, the test-stack template rendered, and the
+    benchmark's config as bench/envoy.py builds it."""
+    from bench.envoy import Listener
+    from bench.envoy import render as render_bench
+
+    found: list[tuple[str, dict[str, Any]]] = []
+    for top in ("envoy", "deploy"):
+        for path in sorted((ROOT / top).rglob("*")):
+            if path.suffix not in {".yaml", ".yml", ".json", ".tmpl"}:
+                continue
+            text = path.read_text(encoding="utf-8")
+            if "static_resources" not in text:
+                continue  # not Envoy (nginx templates, Caddyfiles, Kubernetes manifests)
+            if path.suffix == ".tmpl":
+                text = render_config(
+                    listen_port=8080,
+                    admin_port=0,
+                    ext_authz_ports=[9191],
+                    echo_port=8000,
+                    context_app="whoami",
+                    template=path,
+                )
+            for doc in yaml.safe_load_all(text):
+                if isinstance(doc, dict) and "static_resources" in doc:
+                    found.append((str(path.relative_to(ROOT)), doc))
+    bench = render_bench(
+        [Listener("plain", "plain"), Listener("authz", "ext_authz", grpc_ports=(1,))]
+    )
+    found.append(("bench/envoy.py", bench))
+    return found
+
+
+def test_every_file_that_configures_envoy_is_checked() -> None:
+    """A new Envoy config anywhere under envoy/ or deploy/ is covered by the checks
+    below, whatever its form."""
+    names = {name for name, _ in shipped_envoy_configs()}
+    for top in ("envoy", "deploy"):
+        for path in (ROOT / top).rglob("*"):
+            if path.is_file() and "HttpConnectionManager" in path.read_text(errors="replace"):
+                assert str(path.relative_to(ROOT)) in names, path
+    assert {"envoy/envoy.yaml.tmpl", "envoy/production.yaml", "deploy/compose/envoy.yaml"} <= names
+
+
+@pytest.mark.parametrize(
+    ("name", "config"), shipped_envoy_configs(), ids=[n for n, _ in shipped_envoy_configs()]
+)
+def test_envoy_replaces_client_request_ids(name: str, config: dict[str, Any]) -> None:
+    """SPEC §9: a client-sent X-Request-Id is logged only when it came through Envoy's own
+    generation. Every HTTP connection manager that asks ext-authz is the edge
+    (`use_remote_address`), generates ids, never keeps an external one, and trusts no
+    client address as internal: in Envoy 1.40 an `internal_address_config` without
+    `cidr_ranges` falls back to "loopback and RFC 1918 are internal", whose clients
+    then keep the x-request-id they send."""
+    managers = [node for node in walk(config) if node.get("@type") == HCM_TYPE]
+    authorizing = [
+        m
+        for m in managers
+        if any(f["name"] == "envoy.filters.http.ext_authz" for f in m.get("http_filters", []))
+    ]
+    assert authorizing, f"{name}: no listener asks ext-authz"
+    for manager in authorizing:
+        where = f"{name}: {manager.get('stat_prefix')}"
+        assert manager.get("generate_request_id", True) is True, where
+        assert manager.get("use_remote_address") is True, where
+        assert manager.get("preserve_external_request_id", False) is False, where
+        internal = manager.get("internal_address_config")
+        assert internal is None or internal.get("cidr_ranges"), where
+
+
 # -- docker-compose.yml ------------------------------------------------------------------
 
 

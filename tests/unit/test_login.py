@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+import json
+import string
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
 from ext_authz.core.login import (
+    MAX_RETURN_URL,
     authorize_url,
     code_challenge,
     end_session_url,
@@ -125,6 +128,54 @@ def test_fallback_keeps_a_non_default_port() -> None:
     assert safe_return_url("http://app.localhost:8080/x", app) == "http://app.localhost:8080/x"
     assert safe_return_url("http://app.localhost/x", app) == "http://app.localhost:8080/"
     assert safe_return_url("/x", app) == "http://app.localhost:8080/x"
+
+
+def _url_of_length(prefix: str, length: int, fill: str = "a") -> str:
+    url = prefix + fill * ((length - len(prefix.encode())) // len(fill.encode()))
+    assert len(url.encode()) == length
+    return url
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        pytest.param("https://app.example.com/p?q=", id="absolute"),
+        pytest.param("https://other.example.com/p?q=", id="cookie-domain-host"),
+    ],
+)
+def test_a_return_url_over_2_kib_falls_back(prefix: str) -> None:
+    """SPEC §6: a return URL longer than 2 KiB is replaced by external_host, so it is
+    never stored whole in a login state."""
+    assert MAX_RETURN_URL == 2048
+    longest = _url_of_length(prefix, MAX_RETURN_URL)
+    assert safe_return_url(longest, APP) == longest
+    assert safe_return_url(longest + "a", APP) == FALLBACK
+    assert safe_return_url(prefix + "a" * 50_000, APP) == FALLBACK
+
+
+def test_the_2_kib_bound_counts_the_stored_url_percent_encoded() -> None:
+    # A path-only candidate becomes external_host + path: that is what is measured.
+    base = "https://app.example.com"
+    path = "/p?q=" + "a" * (MAX_RETURN_URL - len(base) - len("/p?q="))
+    assert safe_return_url(path, APP) == base + path
+    assert safe_return_url(path + "a", APP) == FALLBACK
+    # A non-ASCII character counts as its percent-encoded UTF-8 (`%C3%A9`, 6 bytes):
+    # its JSON escape in the login state (`\\u00e9`) is no longer, so the record stays
+    # small whatever the characters.
+    prefix = "https://app.example.com/p?q="
+    wide = (
+        prefix
+        + "\u00e9" * ((MAX_RETURN_URL - len(prefix)) // 6)
+        + "a" * ((MAX_RETURN_URL - len(prefix)) % 6)
+    )
+    assert len(quote(wide, safe=string.printable)) == MAX_RETURN_URL
+    assert safe_return_url(wide, APP) == wide
+    assert safe_return_url(wide + "a", APP) == FALLBACK
+    quotes = prefix + '"' * ((MAX_RETURN_URL - len(prefix)) // 3 + 1)
+    assert safe_return_url(quotes, APP) == FALLBACK
+    for url in (wide, base + path):
+        stored = json.dumps({"return_to": url})
+        assert len(stored) <= MAX_RETURN_URL + len('{"return_to": ""}')
 
 
 # --- PKCE and the authorize URL --------------------------------------------------------

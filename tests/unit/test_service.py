@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import string
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from ext_authz.adapters.memory_store import MemoryStore
 from ext_authz.adapters.oidc import Discovery, TokenError, TokenSet
 from ext_authz.core.decision import Allow, Deny
+from ext_authz.core.login import MAX_RETURN_URL
 from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
 from ext_authz.errors import IdPUnavailable, StoreUnavailable
 from ext_authz.metrics import Metrics
@@ -217,19 +219,99 @@ def test_callback_refusals(query: str, status: int) -> None:
     assert not header(answer, "location"), "an error page, never a redirect loop"
 
 
-def test_callback_from_another_browser_is_refused() -> None:
+@pytest.mark.parametrize(
+    "stranger",
+    [
+        pytest.param("", id="no-login-cookie"),
+        pytest.param(
+            APP.cookie_name + "_login=someone-elses-binding-value-0123456789abcdef", id="own-cookie"
+        ),
+    ],
+)
+def test_callback_from_another_browser_is_refused_and_spoils_nothing(stranger: str) -> None:
+    """SPEC §6 "Callback": the login cookie is checked before the state is used up, so
+    whoever sees the victim's callback URL cannot spoil the victim's sign-in."""
     svc, _ = service(oidc=FakeOIDC())
+    callback = "/outpost.goauthentik.io/callback"
+
+    async def scenario() -> None:
+        _, state, cookie = await _start(svc)
+        headers = {"cookie": stranger} if stranger else {}
+        refused = await svc.check(request(callback, f"code=c&state={state}", **headers))
+        assert isinstance(refused, Deny) and refused.status == 400
+        victim = await svc.check(request(callback, f"code=c&state={state}", cookie=cookie))
+        assert isinstance(victim, Deny) and victim.status == 302
+        assert header(victim, "location") == ["https://app.example.com/wanted"]
+        replay = await svc.check(request(callback, f"code=c&state={state}", cookie=cookie))
+        assert isinstance(replay, Deny) and replay.status == 400
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        pytest.param(("/huge", "q=" + "a" * 50_000), id="original-url"),
+        pytest.param(
+            (
+                "/outpost.goauthentik.io/start",
+                "rd=https%3A%2F%2Fapp.example.com%2Fwanted%3Fq%3D" + "b" * 50_000,
+            ),
+            id="rd",
+        ),
+    ],
+)
+def test_a_huge_return_url_is_never_stored_and_lands_on_external_host(
+    start: tuple[str, str],
+) -> None:
+    """SPEC §6 "Start": a return URL over 2 KiB becomes external_host; the login state
+    (state, verifier, nonce, return URL) stays a few hundred bytes."""
+    svc, store = service(oidc=FakeOIDC())
 
     async def scenario() -> Deny:
-        _, state, _ = await _start(svc)
-        other = "authentik_proxy_x_login=someone-elses-binding-value-0123456789"
-        answer = await svc.check(
-            request("/outpost.goauthentik.io/callback", f"code=c&state={state}", cookie=other)
+        begun = await svc.check(request(*start))
+        assert isinstance(begun, Deny) and begun.status == 302
+        (blob, _ttl), *others = store.raw_entries().values()
+        assert not others and isinstance(blob, bytes)
+        assert len(blob) < 1024, f"a {len(blob)}-byte login state"
+        state = parse_qs(urlsplit(header(begun, "location")[0]).query)["state"][0]
+        login = next(c for c in header(begun, "set-cookie") if "_login=" in c).split(";", 1)[0]
+        done = await svc.check(
+            request("/outpost.goauthentik.io/callback", f"code=c&state={state}", cookie=login)
         )
-        assert isinstance(answer, Deny)
-        return answer
+        assert isinstance(done, Deny)
+        return done
 
-    assert run(scenario()).status == 400
+    done = run(scenario())
+    assert done.status == 302
+    assert header(done, "location") == ["https://app.example.com/"]
+
+
+@pytest.mark.parametrize("fill", ["a", "\u00e9", "\u4e2d", "\U0001f600"])
+def test_the_largest_kept_return_url_still_makes_a_small_record(fill: str) -> None:
+    """Whatever its characters, a return URL at the 2 KiB limit (percent-encoded) is
+    kept and its login state stays under 3 KB."""
+    prefix = "https://app.example.com/wanted?q="
+    budget = MAX_RETURN_URL - len(prefix)
+    width = len(quote(fill))
+    url = prefix + fill * (budget // width) + "a" * (budget % width)
+    assert len(quote(url, safe=string.printable)) == MAX_RETURN_URL
+    svc, store = service(oidc=FakeOIDC())
+
+    async def scenario() -> Deny:
+        begun = await svc.check(request("/outpost.goauthentik.io/start", "rd=" + quote(url)))
+        assert isinstance(begun, Deny) and begun.status == 302
+        ((blob, _ttl),) = store.raw_entries().values()
+        assert isinstance(blob, bytes) and len(blob) < 3 * 1024, f"{len(blob)} bytes"
+        state = parse_qs(urlsplit(header(begun, "location")[0]).query)["state"][0]
+        login = next(c for c in header(begun, "set-cookie") if "_login=" in c).split(";", 1)[0]
+        done = await svc.check(
+            request("/outpost.goauthentik.io/callback", f"code=c&state={state}", cookie=login)
+        )
+        assert isinstance(done, Deny)
+        return done
+
+    assert header(run(scenario()), "location") == [url]
 
 
 @pytest.mark.parametrize(

@@ -388,18 +388,57 @@ def make_logins() -> tuple[Clock, MemoryStore, LoginStateRepository]:
     return clock, memory, LoginStateRepository(memory, secret=SECRET, clock_wall=clock)
 
 
+BINDING = "login-cookie-value-of-this-browser-0123456789"
+
+
 def test_login_state_is_single_use() -> None:
     async def body() -> None:
         _, memory, logins = make_logins()
         record = {"verifier": "v", "nonce": "n", "return_to": "https://app/"}
-        await logins.put("state-1", record)
+        await logins.put("app", "state-1", BINDING, record)
         (raw_value, ttl) = next(iter(memory.raw_entries().values()))
         assert ttl == pytest.approx(600)
         assert isinstance(raw_value, bytes) and b"state-1" not in raw_value
-        assert await logins.take("state-2") is None
-        assert await logins.take("state-1") == record
-        assert await logins.take("state-1") is None
-        assert await logins.take("") is None
+        assert BINDING.encode() not in raw_value
+        assert await logins.take("app", "state-2", BINDING) is None
+        assert await logins.take("app", "state-1", BINDING) == record
+        assert await logins.take("app", "state-1", BINDING) is None
+        assert await logins.take("app", "", BINDING) is None
+
+    run(body())
+
+
+@pytest.mark.parametrize(
+    ("app", "binding"),
+    [
+        pytest.param("app", "", id="no-login-cookie"),
+        pytest.param("app", "another-browsers-login-cookie-0123456789", id="other-cookie"),
+        pytest.param("app", BINDING[:-1], id="cookie-prefix"),
+        pytest.param("other-app", BINDING, id="other-application"),
+        pytest.param("app", "x" * 513, id="oversized-cookie"),
+    ],
+)
+def test_login_state_with_the_wrong_binding_is_not_used_up(app: str, binding: str) -> None:
+    """SPEC §6 "Callback": the login cookie is checked before the state is consumed."""
+
+    async def body() -> None:
+        _, memory, logins = make_logins()
+        await logins.put("app", "state-1", BINDING, {"verifier": "v"})
+        entries = memory.raw_entries()
+        assert await logins.take(app, "state-1", binding) is None
+        assert memory.raw_entries().keys() == entries.keys(), "the record is still there"
+        assert await logins.take("app", "state-1", BINDING) == {"verifier": "v"}
+
+    run(body())
+
+
+def test_two_states_of_one_browser_are_independent() -> None:
+    async def body() -> None:
+        _, _, logins = make_logins()
+        await logins.put("app", "tab-1", BINDING, {"n": 1})
+        await logins.put("app", "tab-2", BINDING, {"n": 2})
+        assert await logins.take("app", "tab-2", BINDING) == {"n": 2}
+        assert await logins.take("app", "tab-1", BINDING) == {"n": 1}
 
     run(body())
 
@@ -407,9 +446,9 @@ def test_login_state_is_single_use() -> None:
 def test_login_state_expires() -> None:
     async def body() -> None:
         clock, _, logins = make_logins()
-        await logins.put("s", {"a": 1}, ttl=600)
+        await logins.put("app", "s", BINDING, {"a": 1}, ttl=600)
         clock.now += 600
-        assert await logins.take("s") is None
+        assert await logins.take("app", "s", BINDING) is None
 
     run(body())
 
@@ -417,13 +456,13 @@ def test_login_state_expires() -> None:
 def test_login_state_tampered_resolves_to_nothing() -> None:
     async def body() -> None:
         _, memory, logins = make_logins()
-        await logins.put("s", {"a": 1})
+        await logins.put("app", "s", BINDING, {"a": 1})
         (key,) = memory.raw_entries()
         ns_key = key.split(":", 2)[2]
         blob = await memory.get(Namespace.LOGIN, ns_key)
         assert blob is not None
         await memory.set(Namespace.LOGIN, ns_key, blob[:-1] + bytes([blob[-1] ^ 1]), 60)
-        assert await logins.take("s") is None
+        assert await logins.take("app", "s", BINDING) is None
 
     run(body())
 
