@@ -218,3 +218,65 @@ def test_envoy_http_skip_path_and_spoofed_headers(envoy_http: Stack) -> None:
     seen = echoed(response)
     names = {name.lower().replace("_", "-") for name in seen}
     assert not any(name.startswith("x-authentik-") for name in names), seen
+
+
+# --- Traefik (not packaged here: its forwardAuth replayed from its source) ---------------
+
+
+def traefik_for(stack: Stack, app: str = "app") -> Any:
+    from ext_authz.core.cookies import cookie_name_for
+    from tests.stack.demo import OIDC_CLIENT_ID
+    from tests.stack.traefik import Traefik
+
+    return Traefik(
+        {
+            "host": f"{app}.localhost",
+            "upstream": f"127.0.0.1:{stack.echo.port}",
+            "ext_authz": stack.replicas[0].forward_auth_address,
+            "session_cookie": cookie_name_for(OIDC_CLIENT_ID),
+        }
+    )
+
+
+def test_traefik_replay_allows_with_identity_and_drops_spoofed_headers(envoy_http: Stack) -> None:
+    from tests.stack.traefik import ClientRequest
+
+    traefik = traefik_for(envoy_http)
+    sent, outcome = traefik.forward_auth(
+        ClientRequest(
+            host=f"app.localhost:{envoy_http.port}",
+            target="/api?x=1",
+            headers=(
+                ("Authorization", basic(ALICE.username, ALICE.app_password)),
+                ("Cookie", "theme=dark"),
+                ("X-authentik-username", "root"),
+                ("X_authentik_uid", "0"),
+            ),
+        )
+    )
+    assert sent is not None and sent.target == "/outpost.goauthentik.io/auth/traefik"
+    assert outcome.allowed
+    upstream = outcome.upstream_headers
+    assert upstream.values("X-Authentik-Username") == [ALICE.username]
+    assert upstream.values("Authorization") == [upstream_basic("admin", "s3cret")]
+    assert upstream.values("Cookie") == ["theme=dark"]
+    assert not upstream.has("X_authentik_uid")
+    # The session created from the header reaches the client (addAuthCookiesToResponse).
+    assert any(c.startswith("authentik_proxy_") for c in outcome.client_cookies)
+
+
+def test_traefik_replay_browser_302_api_401(envoy_http: Stack) -> None:
+    from tests.stack.traefik import ClientRequest
+
+    traefik = traefik_for(envoy_http)
+    host = f"app.localhost:{envoy_http.port}"
+    _, browser = traefik.forward_auth(
+        ClientRequest(host=host, target="/page", headers=(("Accept", "text/html"),))
+    )
+    assert not browser.allowed and browser.status == 302
+    assert browser.client_headers.get("Location").startswith(envoy_http.idp.issuer)  # type: ignore[union-attr]
+    _, api = traefik.forward_auth(
+        ClientRequest(host=host, target="/api", headers=(("Accept", "application/json"),))
+    )
+    assert not api.allowed and api.status == 401
+    assert 'Basic realm="app"' in api.client_headers.values("Www-Authenticate")
