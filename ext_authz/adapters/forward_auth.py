@@ -155,15 +155,17 @@ def from_proxy(request: HttpRequest, trusted: TrustedProxies) -> tuple[Dialect, 
             raise _bad("envoy: path does not continue the prefix")
         # Envoy's HCM sets x-forwarded-proto on every request it forwards.
         method, host, path = request.method, headers.get("host", ""), original
-        scheme = headers.get("x-forwarded-proto", "")
+        scheme = _first(headers.get("x-forwarded-proto", ""))
     elif dialect is Dialect.NGINX:
         method, scheme, host, path, query = _nginx_original(headers, request.method)
     elif dialect in (Dialect.TRAEFIK, Dialect.CADDY):
         method, scheme, host, path, query = _forwarded_original(headers)
     else:
         method = request.method
-        host = (headers.get("x-forwarded-host") if believed else None) or headers.get("host", "")
-        scheme = headers.get("x-forwarded-proto", "") if believed else ""
+        forwarded_host = _first(headers.get("x-forwarded-host", "")) if believed else ""
+        host = forwarded_host or headers.get("host", "")
+        scheme = _first(headers.get("x-forwarded-proto", "")) if believed else ""
+    scheme = scheme.lower()
     if not host:
         raise _bad(f"{dialect.value}: no host")
     if scheme and scheme not in ("http", "https"):
@@ -198,6 +200,12 @@ def _dialect_of(path: str, query: str) -> Dialect:
     return Dialect.DIRECT
 
 
+def _first(value: str) -> str:
+    """The first of a list a chain of proxies appended to (X-Forwarded-Host, -Proto):
+    the one the client's request reached the first proxy with."""
+    return value.split(",", 1)[0].strip()
+
+
 def _split_target(target: str, dialect: str) -> tuple[str, str]:
     if not target.startswith("/") or target.startswith("//"):
         raise _bad(f"{dialect}: the original URI is not a path")
@@ -224,18 +232,19 @@ def _nginx_original(headers: Mapping[str, str], method: str) -> tuple[str, str, 
     if not uri:
         raise _bad("nginx: no X-Original-URL or X-Original-URI")
     path, query = _split_target(uri, "nginx")
-    return method, headers.get("x-forwarded-proto", ""), headers.get("host", ""), path, query
+    scheme = _first(headers.get("x-forwarded-proto", ""))
+    return method, scheme, headers.get("host", ""), path, query
 
 
 def _forwarded_original(headers: Mapping[str, str]) -> tuple[str, str, str, str, str]:
     """Traefik `forwardAuth` and Caddy `forward_auth`: X-Forwarded-Method, -Proto,
     -Host and -Uri (path and query)."""
-    host = headers.get("x-forwarded-host", "").split(",", 1)[0].strip()
+    host = _first(headers.get("x-forwarded-host", ""))
     uri = headers.get("x-forwarded-uri", "")
     if not host or not uri:
         raise _bad("forwarded: no X-Forwarded-Host or X-Forwarded-Uri")
     path, query = _split_target(uri, "forwarded")
-    scheme = headers.get("x-forwarded-proto", "").split(",", 1)[0].strip().lower()
+    scheme = _first(headers.get("x-forwarded-proto", ""))
     method = headers.get("x-forwarded-method", "").strip() or "GET"
     return method, scheme, host, path, query
 
