@@ -110,12 +110,23 @@ class TrustedProxies:
         right past our own trusted proxies (each appends the address it saw)."""
         if not forwarded_for or peer not in self:
             return peer
-        hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+        hops = [_address_of(h.strip()) for h in forwarded_for.split(",") if h.strip()]
         for hop in reversed(hops):
-            candidate = hop.removeprefix("[").split("]", 1)[0] if hop.startswith("[") else hop
-            if candidate not in self:
-                return candidate
+            if hop not in self:
+                return hop
         return hops[0] if hops else peer
+
+
+def _address_of(hop: str) -> str:
+    """An X-Forwarded-For entry without the port some load balancers append
+    (`[2001:db8::1]:443`, `192.0.2.1:443`): a port is not part of who the client is,
+    and a trusted proxy's address with one must still be recognised as trusted."""
+    if hop.startswith("["):
+        return hop[1:].split("]", 1)[0]
+    address, colon, port = hop.partition(":")
+    if colon and port.isdigit() and ":" not in port:
+        return address
+    return hop
 
 
 class Refused(Exception):

@@ -461,6 +461,11 @@ def test_trusted_proxies_remember_a_bounded_number_of_peers() -> None:
         (PROXY, "2001:db8::5", "2001:db8::5"),
         (PROXY, "[2001:db8::5]:4711, 10.0.0.2", "2001:db8::5"),
         (PROXY, " , ", PROXY),
+        # Some load balancers append address:port: the port is not part of who it is.
+        (PROXY, "198.51.100.1:50123, 10.0.0.2:443", "198.51.100.1"),
+        (PROXY, "198.51.100.1, 10.0.0.2:443", "198.51.100.1"),
+        (PROXY, "[2001:db8::5], 10.0.0.2", "2001:db8::5"),
+        (PROXY, "unknown, 10.0.0.2", "unknown"),
         ("::1", "198.51.100.1", "198.51.100.1"),
         ("::ffff:10.0.0.7", "198.51.100.1", "198.51.100.1"),
         (STRANGER, "198.51.100.1", STRANGER),  # not believed
