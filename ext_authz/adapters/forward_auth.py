@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from urllib.parse import urlsplit
@@ -153,6 +154,7 @@ def from_proxy(request: HttpRequest, trusted: TrustedProxies) -> tuple[Dialect, 
     """The original request this forward-auth request describes.
 
     Raises `Refused` (400, 403 or 404) when it cannot be believed or read."""
+    request = _as_text(request)
     path, _, query = request.target.partition("?")
     headers = request.headers
     believed = request.peer in trusted
@@ -198,6 +200,27 @@ def from_proxy(request: HttpRequest, trusted: TrustedProxies) -> tuple[Dialect, 
     if dialect is Dialect.DIRECT and outpost_route(auth_request) is None:
         raise _not_found()
     return dialect, auth_request
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def _as_text(request: HttpRequest) -> HttpRequest:
+    """`request` as the decision may read it: text only. The HTTP server keeps bytes
+    that are not UTF-8 as lone surrogates (so they can be written back unchanged), but
+    the decision hashes and seals what it reads (cookie values, states, paths) as
+    UTF-8; such bytes become U+FFFD here, so a cookie or state holding them simply
+    does not resolve, as any other unknown value."""
+    headers = request.headers
+    if request.target.isascii() and all(v.isascii() for v in headers.values()):
+        return request  # the common case, checked cheaply
+    clean = {k: _UNDECODABLE.sub("\ufffd", v) for k, v in headers.items()}
+    return HttpRequest(
+        method=request.method,
+        target=_UNDECODABLE.sub("\ufffd", request.target),
+        headers=MappingProxyType(clean),
+        peer=request.peer,
+    )
 
 
 def _dialect_of(path: str, query: str) -> Dialect:
@@ -266,9 +289,19 @@ _NGINX_RELAYS = (401, 403)
 _PASSED_WHEN_UNTOUCHED = ("authorization", "cookie")
 
 
-def to_response(dialect: Dialect, decision: Allow | Deny, original: AuthRequest) -> HttpResponse:
+def to_response(
+    dialect: Dialect,
+    decision: Allow | Deny,
+    original: AuthRequest,
+    client_headers: Mapping[str, str] | None = None,
+) -> HttpResponse:
+    """The answer for the proxy. `client_headers` are the forward-auth request's own
+    headers as received (bytes that are not UTF-8 included), echoed where the proxy
+    must hand the client's value on untouched; `original.headers` when not given."""
     if isinstance(decision, Allow):
-        return _allowed(dialect, decision, original)
+        return _allowed(
+            dialect, decision, original.headers if client_headers is None else client_headers
+        )
     status, headers, body = decision.status, decision.headers, decision.body
     if dialect is Dialect.NGINX and status not in _NGINX_RELAYS:
         # nginx turns anything but 401/403 from auth_request into a 500; its
@@ -282,13 +315,13 @@ def to_response(dialect: Dialect, decision: Allow | Deny, original: AuthRequest)
     return HttpResponse(status, tuple(headers), body.encode("utf-8", "surrogateescape"))
 
 
-def _allowed(dialect: Dialect, decision: Allow, original: AuthRequest) -> HttpResponse:
+def _allowed(dialect: Dialect, decision: Allow, client_headers: Mapping[str, str]) -> HttpResponse:
     headers = list(decision.set_headers)
     if dialect.copies_named_headers:
         named = {name.lower() for name, _ in headers}
         removed = set(decision.remove_headers)
         for name in _PASSED_WHEN_UNTOUCHED:
-            value = original.headers.get(name)
+            value = client_headers.get(name)
             if value is not None and name not in named and name not in removed:
                 headers.append((name, value))
     elif decision.remove_headers:
@@ -328,7 +361,9 @@ class ForwardAuth:
                 (("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")),
                 refused.body.encode(),
             )
-        return self._answer(dialect, original)
+        return self._answer(dialect, original, request.headers)
 
-    async def _answer(self, dialect: Dialect, original: AuthRequest) -> HttpResponse:
-        return to_response(dialect, await self._check(original), original)
+    async def _answer(
+        self, dialect: Dialect, original: AuthRequest, client_headers: Mapping[str, str]
+    ) -> HttpResponse:
+        return to_response(dialect, await self._check(original), original, client_headers)

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ext_authz.core.cookies import cookie_name_for
 from tests.stack.demo import ALICE, OIDC_CLIENT_ID, ext_authz_config, merge_config
 from tests.stack.extauthz import ExtAuthz
 from tests.stack.idp import IdP
@@ -192,6 +193,53 @@ def test_keep_alive_serves_many_requests_on_one_connection(service: ExtAuthz) ->
             chunk = sock.recv(65536)
             assert chunk, f"closed after {received!r}"
             received += chunk
+
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    """One request on its own connection; the answer's status line and headers."""
+    with socket.create_connection(("127.0.0.1", port), DEADLINE) as sock:
+        sock.settimeout(DEADLINE)
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {answer!r}"
+            answer += chunk
+    return answer.split(b"\r\n\r\n", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("uri", "extra", "status"),
+    [
+        pytest.param(b"/", b"Accept: text/html\r\nCookie: %(cookie)s=\xff\xfe", 302, id="cookie"),
+        pytest.param(f"{OUTPOST}/callback?code=c&state=\xff".encode(), b"", 400, id="state"),
+        pytest.param(
+            f"{OUTPOST}/sign_out".encode(), b"Cookie: %(cookie)s=\xff", 302, id="sign_out"
+        ),
+        pytest.param(b"/\xff?q=\xfe", b"Accept: text/html", 302, id="path"),
+    ],
+)
+def test_bytes_that_are_not_utf8_are_answered_not_an_internal_error(
+    service: ExtAuthz, uri: bytes, extra: bytes, status: int
+) -> None:
+    assert service.forward_auth_port is not None
+
+    def internal_errors() -> int:
+        return sum(r.get("msg") == "internal error" for r in service.log_records())
+
+    before = internal_errors()
+    cookie = cookie_name_for(OIDC_CLIENT_ID).encode()
+    head = raw_exchange(
+        service.forward_auth_port,
+        b"GET " + OUTPOST.encode() + b"/auth/traefik HTTP/1.1\r\nHost: outpost\r\n"
+        b"X-Forwarded-Host: app.localhost\r\nX-Forwarded-Uri: "
+        + uri
+        + b"\r\n"
+        + (extra % {b"cookie": cookie} + b"\r\n" if extra else b"")
+        + b"\r\n",
+    )
+    assert head.startswith(b"HTTP/1.1 %d " % status), head
+    assert internal_errors() == before
 
 
 def test_metrics_count_forward_auth_as_transport_http(

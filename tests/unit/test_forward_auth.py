@@ -675,8 +675,10 @@ _NAMES = [
 ]
 _AWKWARD = st.lists(
     st.one_of(
-        st.characters(codec=None, categories=None),
-        st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF),  # surrogateescape'd bytes
+        # What the HTTP server can hand over: text, and bytes that were not UTF-8 as
+        # the lone surrogates of `surrogateescape`.
+        st.characters(codec="utf-8"),
+        st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF),
         st.sampled_from([*":/?#[]@%&=;,. \t\\", "http://", "https://", "//", "%2F"]),
     ),
     max_size=30,
@@ -713,7 +715,8 @@ _VALUES = st.one_of(
     ),
 )
 _PEERS = st.one_of(
-    st.sampled_from([PROXY, STRANGER, "::1", "::ffff:10.0.0.1", "fe80::1%lo", ""]), _AWKWARD
+    st.sampled_from([PROXY, STRANGER, "::1", "::ffff:10.0.0.1", "fe80::1%lo", ""]),
+    st.text(st.characters(codec="ascii"), max_size=40),  # the socket's address, as text
 )
 
 
@@ -737,3 +740,32 @@ def test_from_proxy_raises_only_refused(
     assert auth.path.startswith("/")
     assert auth.scheme in ("", "http", "https")
     assert dialect is Dialect.DIRECT or peer in TRUSTED
+    # The decision hashes and seals what it reads as UTF-8: all of it must encode.
+    texts = [auth.method, auth.host, auth.path, auth.query, auth.scheme, auth.request_id]
+    texts += [auth.client, *auth.headers.values()]
+    for text in texts:
+        text.encode("utf-8")
+
+
+def test_bytes_that_are_not_utf8_reach_the_decision_as_text_and_the_proxy_unchanged() -> None:
+    raw_cookie = "authentik_proxy_1234abcd=\udcff\udcfe; theme=caf\udce9"
+    request = req(
+        f"{P}/auth/traefik",
+        {
+            "x-forwarded-host": "app.example.com",
+            "x-forwarded-uri": "/p\udcff?state=\udcfe",
+            "cookie": raw_cookie,
+            "x-forwarded-for": "\udcff, 10.0.0.2",
+        },
+    )
+    dialect, auth = from_proxy(request, TRUSTED)
+    assert auth.header("cookie") == "authentik_proxy_1234abcd=\ufffd\ufffd; theme=caf\ufffd"
+    assert (auth.path, auth.query, auth.client) == ("/p\ufffd", "state=\ufffd", "\ufffd")
+    response = to_response(dialect, Allow(method="skip"), auth, request.headers)
+    assert ("cookie", raw_cookie) in response.headers  # the client's own bytes, untouched
+
+
+def test_plain_requests_are_not_copied() -> None:
+    request = req(f"{P}/ping", {"host": "app.example.com", "accept": "text/html"})
+    _, auth = from_proxy(request, TRUSTED)
+    assert auth.headers is request.headers
