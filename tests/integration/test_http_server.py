@@ -19,7 +19,7 @@ import pytest
 from ext_authz.adapters import http_server
 from ext_authz.adapters.http_server import HttpRequest, HttpResponse, HttpServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 DEADLINE = 10.0  # bounds a failure; a passing test never waits for it
 
