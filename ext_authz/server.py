@@ -207,7 +207,9 @@ async def _worker(settings: Settings, *, index: int, reuse_port: bool, with_http
     server = settings.server
     service = components.service
 
-    listeners: list[Listener] = [GrpcListener(server.listen, service.check, reuse_port=reuse_port)]
+    # Signals first: a SIGTERM while the listeners start is a drain, not a kill.
+    stop = _stop_event()
+    listeners: list[Listener] = []
     if server.forward_auth_listen:
         forward_auth = ForwardAuth(
             service.check,
@@ -222,12 +224,14 @@ async def _worker(settings: Settings, *, index: int, reuse_port: bool, with_http
     if with_http and server.http_listen:
         operations = OperationsHandler(components.readiness)
         listeners.append(HttpListener("http", server.http_listen, operations, reuse_port=False))
+    # gRPC last: its health turns SERVING when it starts, which must mean every port
+    # of this worker is answering.
+    listeners.append(GrpcListener(server.listen, service.check, reuse_port=reuse_port))
 
     addresses = await _start_all(listeners, index)
     if addresses is None:
         await components.close()
         return EXIT_BIND_FAILED
-    stop = _stop_event()
     event(
         logging.INFO,
         "ready",

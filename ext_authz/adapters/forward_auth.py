@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Protocol
@@ -118,12 +119,23 @@ class TrustedProxies:
         right past our own trusted proxies (each appends the address it saw)."""
         if not forwarded_for or peer not in self:
             return peer
-        hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+        hops = [_address_of(h.strip()) for h in forwarded_for.split(",") if h.strip()]
         for hop in reversed(hops):
-            candidate = hop.removeprefix("[").split("]", 1)[0] if hop.startswith("[") else hop
-            if candidate not in self:
-                return candidate
+            if hop not in self:
+                return hop
         return hops[0] if hops else peer
+
+
+def _address_of(hop: str) -> str:
+    """An X-Forwarded-For entry without the port some load balancers append
+    (`[2001:db8::1]:443`, `192.0.2.1:443`): a port is not part of who the client is,
+    and a trusted proxy's address with one must still be recognised as trusted."""
+    if hop.startswith("["):
+        return hop[1:].split("]", 1)[0]
+    address, colon, port = hop.partition(":")
+    if colon and port.isdigit() and ":" not in port:
+        return address
+    return hop
 
 
 class Refused(Exception):
@@ -150,6 +162,7 @@ def from_proxy(request: HttpRequest, trusted: TrustedProxies) -> tuple[Dialect, 
     """The original request this forward-auth request describes.
 
     Raises `Refused` (400, 403 or 404) when it cannot be believed or read."""
+    request = _as_text(request)
     path, _, query = request.target.partition("?")
     headers = request.headers
     believed = request.peer in trusted
@@ -163,15 +176,17 @@ def from_proxy(request: HttpRequest, trusted: TrustedProxies) -> tuple[Dialect, 
             raise _bad("envoy: path does not continue the prefix")
         # Envoy's HCM sets x-forwarded-proto on every request it forwards.
         method, host, path = request.method, headers.get("host", ""), original
-        scheme = headers.get("x-forwarded-proto", "")
+        scheme = _first(headers.get("x-forwarded-proto", ""))
     elif dialect is Dialect.NGINX:
         method, scheme, host, path, query = _nginx_original(headers, request.method)
     elif dialect in (Dialect.TRAEFIK, Dialect.CADDY):
         method, scheme, host, path, query = _forwarded_original(headers)
     else:
         method = request.method
-        host = (headers.get("x-forwarded-host") if believed else None) or headers.get("host", "")
-        scheme = headers.get("x-forwarded-proto", "") if believed else ""
+        forwarded_host = _first(headers.get("x-forwarded-host", "")) if believed else ""
+        host = forwarded_host or headers.get("host", "")
+        scheme = _first(headers.get("x-forwarded-proto", "")) if believed else ""
+    scheme = scheme.lower()
     if not host:
         raise _bad(f"{dialect.value}: no host")
     if scheme and scheme not in ("http", "https"):
@@ -195,6 +210,27 @@ def from_proxy(request: HttpRequest, trusted: TrustedProxies) -> tuple[Dialect, 
     return dialect, auth_request
 
 
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def _as_text(request: HttpRequest) -> HttpRequest:
+    """`request` as the decision may read it: text only. The HTTP server keeps bytes
+    that are not UTF-8 as lone surrogates (so they can be written back unchanged), but
+    the decision hashes and seals what it reads (cookie values, states, paths) as
+    UTF-8; such bytes become U+FFFD here, so a cookie or state holding them simply
+    does not resolve, as any other unknown value."""
+    headers = request.headers
+    if request.target.isascii() and all(v.isascii() for v in headers.values()):
+        return request  # the common case, checked cheaply
+    clean = {k: _UNDECODABLE.sub("\ufffd", v) for k, v in headers.items()}
+    return HttpRequest(
+        method=request.method,
+        target=_UNDECODABLE.sub("\ufffd", request.target),
+        headers=MappingProxyType(clean),
+        peer=request.peer,
+    )
+
+
 def _dialect_of(path: str, query: str) -> Dialect:
     if path.startswith(AUTH_PREFIX):
         dialect = _DIALECT_PATHS.get(path.rstrip("/"))
@@ -204,6 +240,12 @@ def _dialect_of(path: str, query: str) -> Dialect:
             return Dialect.ENVOY
         raise _not_found()
     return Dialect.DIRECT
+
+
+def _first(value: str) -> str:
+    """The first of a list a chain of proxies appended to (X-Forwarded-Host, -Proto):
+    the one the client's request reached the first proxy with."""
+    return value.split(",", 1)[0].strip()
 
 
 def _split_target(target: str, dialect: str) -> tuple[str, str]:
@@ -232,18 +274,19 @@ def _nginx_original(headers: Mapping[str, str], method: str) -> tuple[str, str, 
     if not uri:
         raise _bad("nginx: no X-Original-URL or X-Original-URI")
     path, query = _split_target(uri, "nginx")
-    return method, headers.get("x-forwarded-proto", ""), headers.get("host", ""), path, query
+    scheme = _first(headers.get("x-forwarded-proto", ""))
+    return method, scheme, headers.get("host", ""), path, query
 
 
 def _forwarded_original(headers: Mapping[str, str]) -> tuple[str, str, str, str, str]:
     """Traefik `forwardAuth` and Caddy `forward_auth`: X-Forwarded-Method, -Proto,
     -Host and -Uri (path and query)."""
-    host = headers.get("x-forwarded-host", "").split(",", 1)[0].strip()
+    host = _first(headers.get("x-forwarded-host", ""))
     uri = headers.get("x-forwarded-uri", "")
     if not host or not uri:
         raise _bad("forwarded: no X-Forwarded-Host or X-Forwarded-Uri")
     path, query = _split_target(uri, "forwarded")
-    scheme = headers.get("x-forwarded-proto", "").split(",", 1)[0].strip().lower()
+    scheme = _first(headers.get("x-forwarded-proto", ""))
     method = headers.get("x-forwarded-method", "").strip() or "GET"
     return method, scheme, host, path, query
 
@@ -254,9 +297,18 @@ _NGINX_RELAYS = (401, 403)
 _PASSED_WHEN_UNTOUCHED = ("authorization", "cookie")
 
 
-def to_response(dialect: Dialect, decision: Allow | Deny, original: AuthRequest) -> HttpResponse:
+def to_response(
+    dialect: Dialect,
+    decision: Allow | Deny,
+    original: AuthRequest,
+    client_headers: Mapping[str, str] | None = None,
+) -> HttpResponse:
+    """The answer for the proxy. `client_headers` are the forward-auth request's own
+    headers as received (bytes that are not UTF-8 included), echoed where the proxy
+    must hand the client's value on untouched; `original.headers` when not given."""
     if isinstance(decision, Allow):
-        response = _allowed(dialect, decision, original)
+        headers = original.headers if client_headers is None else client_headers
+        response = _allowed(dialect, decision, headers)
     else:
         body = decision.body.encode("utf-8", "surrogateescape")
         response = HttpResponse(decision.status, decision.headers, body)
@@ -280,21 +332,23 @@ def _for_nginx(response: HttpResponse, reason: str) -> HttpResponse:
         status = 401
     challenges = [v for k, v in headers if k == "www-authenticate"]
     cookies = [v for k, v in headers if k == "set-cookie"]
-    headers = [(k, v) for k, v in headers if k not in ("www-authenticate", "set-cookie")]
-    if challenges:
-        headers.append(("www-authenticate", ", ".join(challenges)))
-    if cookies:
-        headers.append(("set-cookie", cookies[-1]))
-    return HttpResponse(status, tuple(headers), body)
+    merged: list[tuple[str, str]] = []
+    for name, value in headers:  # one line each, where the first was; the order kept
+        if name in ("www-authenticate", "set-cookie"):
+            if any(k == name for k, _ in merged):
+                continue
+            value = ", ".join(challenges) if name == "www-authenticate" else cookies[-1]
+        merged.append((name, value))
+    return HttpResponse(status, tuple(merged), body)
 
 
-def _allowed(dialect: Dialect, decision: Allow, original: AuthRequest) -> HttpResponse:
+def _allowed(dialect: Dialect, decision: Allow, client_headers: Mapping[str, str]) -> HttpResponse:
     headers = list(decision.set_headers)
     if dialect.copies_named_headers:
         named = {name.lower() for name, _ in headers}
         removed = set(decision.remove_headers)
         for name in _PASSED_WHEN_UNTOUCHED:
-            value = original.headers.get(name)
+            value = client_headers.get(name)
             if value is not None and name not in named and name not in removed:
                 headers.append((name, value))
     elif decision.remove_headers:
@@ -334,9 +388,11 @@ class ForwardAuth:
                 (("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")),
                 refused.body.encode(),
             )
-        return self._answer(dialect, original)
+        return self._answer(dialect, original, request.headers)
 
-    async def _answer(self, dialect: Dialect, original: AuthRequest) -> HttpResponse:
+    async def _answer(
+        self, dialect: Dialect, original: AuthRequest, client_headers: Mapping[str, str]
+    ) -> HttpResponse:
         # nginx's auth_request cannot relay a redirect (its error_page does the sign-in).
         decision = await self._check(original, "http", can_redirect=dialect is not Dialect.NGINX)
-        return to_response(dialect, decision, original)
+        return to_response(dialect, decision, original, client_headers)

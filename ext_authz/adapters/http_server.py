@@ -13,15 +13,21 @@ Limits (the rule this module guards: no client can make it hold much, or wait lo
 - the request line and headers together at most `MAX_HEAD_BYTES` (64 KiB);
 - `HEAD_TIMEOUT` from a request's first byte (or the connection's start) to the
   end of its headers, `IDLE_TIMEOUT` between requests on a kept-alive connection;
-- no request body is read: a request that announces one is answered, then the
-  connection is closed;
+- no request body is read: a request that announces one (or an upgrade) is
+  answered, then the connection is closed, lingering: what the client still sends
+  is read and dropped for up to `LINGER_TIMEOUT`, so it sees the answer, not a reset;
 - at most `MAX_PIPELINED` parsed requests wait behind a slow one; reading pauses
-  beyond that.
+  beyond that, and while a client leaves answers unread (answering pauses too, so
+  they never pile up), for at most `IDLE_TIMEOUT`.
+
+End of input from the client (EOF) means it went away: answers already written are
+flushed, an answer still being worked out is cancelled.
 
 A request httptools cannot parse, or one over a limit, is answered 400 with
-`connection: close` and one log line (the peer and the parser's reason, never a
-header value). A response header value holding CR, LF or NUL is never written (it
-is dropped and logged): the last guard against response splitting.
+`connection: close` (after the answers owed to the requests before it) and one log
+line (the peer and the parser's reason, never a header value). A response header
+value holding CR, LF or NUL is never written (it is dropped and logged): the last
+guard against response splitting.
 
 Drain (`HttpServer.drain`): answers carry `connection: close` from `begin_drain()`
 on, so kept-alive clients reconnect (elsewhere, once this listener is closed);
@@ -59,6 +65,7 @@ MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT = 10.0
 IDLE_TIMEOUT = 75.0  # above the 60 s idle timeout of the proxies' pools we ship
 MAX_PIPELINED = 16
+LINGER_TIMEOUT = 2.0  # after our last answer, how long the client's unread bytes are drained
 _CRLF = b"\r\n"
 _UNSAFE = frozenset("\r\n\0")
 
@@ -86,6 +93,7 @@ class HttpResponse:
 Handler = Callable[[HttpRequest], "HttpResponse | Awaitable[HttpResponse]"]
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+_NO_BODY = frozenset((*range(100, 200), 204, 304))
 
 
 def _decode(raw: bytes) -> str:
@@ -105,7 +113,10 @@ def serialize(response: HttpResponse, *, keep_alive: bool, head: bool = False) -
         if _UNSAFE.isdisjoint(name) and _UNSAFE.isdisjoint(value):
             parts.append(_encode(name) + b": " + _encode(value) + _CRLF)
     body = response.body
-    parts.append(b"content-length: %d\r\n" % len(body))
+    if status in _NO_BODY:
+        body = b""  # RFC 9110 §8.6: no Content-Length, and no body, in a 1xx, 204 or 304
+    else:
+        parts.append(b"content-length: %d\r\n" % len(body))
     if not keep_alive:
         parts.append(b"connection: close\r\n")
     parts.append(_CRLF)
@@ -126,8 +137,23 @@ class _BadRequest(Exception):
     """A request we refuse before it reaches the handler (the reason is safe to log)."""
 
 
+_BAD_REQUEST = HttpResponse(400, (("content-type", "text/plain"),), b"bad request\n")
+
+
 class _Connection(asyncio.Protocol):
-    """One client connection: parse, queue, answer in order."""
+    """One client connection: parse, queue, answer in order.
+
+    Flow control, so that no client makes us hold much: reading pauses while more
+    than `MAX_PIPELINED` parsed requests wait, and while the transport's write buffer
+    is over its high-water mark (a client that sends but does not read); answering
+    pauses with it, so unread answers never pile up in memory. A client that leaves
+    answers unread for `IDLE_TIMEOUT` is dropped.
+
+    Timers: `HEAD_TIMEOUT` runs from the connection's start, from the first byte of a
+    request, or from the answer before it when its head was already under way;
+    `IDLE_TIMEOUT` between requests. None runs while an answer is being worked out
+    (the handler is the slow party then, not the client).
+    """
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
@@ -145,10 +171,14 @@ class _Connection(asyncio.Protocol):
         # Parsed requests waiting for their answer, in order.
         self._queue: deque[tuple[HttpRequest, bool]] = deque()
         self._task: asyncio.Task[None] | None = None
-        self._close_after = False  # a body was announced, or the client asked
-        self._stop_reading = False
-        self._paused = False
+        self._refusal: bytes | None = None  # a 400 owed after the answers before it
+        self._stop_reading = False  # nothing after this point of the stream is parsed
+        self._reading_paused = False
+        self._writing_paused = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_is_head = False
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._closing = False  # answered for the last time; lingering until the client's EOF
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
@@ -162,23 +192,20 @@ class _Connection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._server.connections.add(self)
-        self._arm(HEAD_TIMEOUT)
+        self._arm(HEAD_TIMEOUT, head=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._transport = None
         self._disarm()
+        self._cancel_send_timer()
         self._queue.clear()
-        if self._task is not None and not self._task.done():
-            # Nobody will read this answer: stop the work behind it.
-            self._task.cancel()
+        self._stop_work()
         self._server.connection_closed()
 
     def data_received(self, data: bytes) -> None:
         if self._stop_reading:
             return
-        if not self._in_head and not self._queue and self._task is None:
-            self._arm(HEAD_TIMEOUT)  # a new request starts: its head must arrive in time
         # httptools buffers a header split across reads before calling on_header; count
         # the raw bytes of an unfinished head too, so that buffer stays bounded.
         self._raw_head += len(data)
@@ -189,25 +216,46 @@ class _Connection(asyncio.Protocol):
         except _BadRequest as exc:
             self._refuse(str(exc))
         except httptools.HttpParserUpgrade:
-            self._refuse("upgrade not supported")
+            pass  # answered as a plain request (on_headers_complete); nothing more is read
         except httptools.HttpParserError as exc:
-            self._refuse(f"unparsable request: {str(exc)[:80]}")
+            # An exception raised in one of our callbacks arrives wrapped.
+            if isinstance(exc.__context__, _BadRequest):
+                self._refuse(str(exc.__context__))
+            else:
+                self._refuse(f"unparsable request: {str(exc)[:80]}")
 
     def eof_received(self) -> bool | None:
-        # The client will send nothing more; answer what is queued, then close.
-        self._close_after = True
-        if not self._queue and self._task is None and self._transport is not None:
-            self._transport.close()
-        return True
+        # The client sends nothing more. Answers already written are still flushed, but
+        # one still being worked out is for a client that hung up: proxies close the
+        # connection when their own client goes away (they do not half-close), so stop
+        # the work behind it now rather than when a write fails.
+        self._queue.clear()
+        self._stop_work()
+        return None  # the transport closes itself once its buffer is flushed
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._flow()
+        self._cancel_send_timer()
+        self._send_timer = self._loop.call_later(IDLE_TIMEOUT, self.abort)
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._cancel_send_timer()
+        self._run_queue()
 
     # --- httptools callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._stop_reading:
+            return
         self._url = b""
         self._names = []
         self._values = []
         self._head_bytes = 0
         self._in_head = True
+        if self._task is None and not self._queue and not self._timer_is_head:
+            self._arm(HEAD_TIMEOUT, head=True)  # a new request starts: its head must come
 
     def on_url(self, url: bytes) -> None:
         if self._stop_reading:
@@ -238,8 +286,9 @@ class _Connection(asyncio.Protocol):
         parser = self._parser
         keep_alive = parser.should_keep_alive()
         length = headers.get("content-length", "0").strip()
-        if "transfer-encoding" in headers or (length and length != "0"):
-            # No body is read (SPEC §10): answer, then close instead of draining it.
+        if "transfer-encoding" in headers or (length and length != "0") or parser.should_upgrade():
+            # No body is read (SPEC §10), and no other protocol spoken: answer, then
+            # close instead of reading what follows.
             keep_alive = False
             self._stop_reading = True
         request = HttpRequest(
@@ -259,14 +308,15 @@ class _Connection(asyncio.Protocol):
 
     def _enqueue(self, request: HttpRequest, keep_alive: bool) -> None:
         self._queue.append((request, keep_alive))
-        if len(self._queue) > MAX_PIPELINED and not self._paused and self._transport:
-            self._transport.pause_reading()
-            self._paused = True
-        if self._task is None:
-            self._run_queue()
+        self._run_queue()
 
     def _run_queue(self) -> None:
-        while self._queue and self._task is None and self._transport is not None:
+        while (
+            self._queue
+            and self._task is None
+            and self._transport is not None
+            and not self._writing_paused
+        ):
             request, keep_alive = self._queue.popleft()
             try:
                 result = self._server.handler(request)
@@ -278,9 +328,22 @@ class _Connection(asyncio.Protocol):
             else:
                 self._disarm()
                 self._task = self._loop.create_task(self._finish(request, result, keep_alive))
-        if self._paused and len(self._queue) <= MAX_PIPELINED // 2 and self._transport:
-            self._transport.resume_reading()
-            self._paused = False
+        self._flow()
+
+    def _flow(self) -> None:
+        """Pause reading while answers cannot be written or too many requests wait."""
+        transport = self._transport
+        if transport is None:
+            return
+        if self._closing:
+            return
+        if self._writing_paused or len(self._queue) > MAX_PIPELINED:
+            if not self._reading_paused:
+                transport.pause_reading()
+                self._reading_paused = True
+        elif self._reading_paused and len(self._queue) <= MAX_PIPELINED // 2:
+            transport.resume_reading()
+            self._reading_paused = False
 
     async def _finish(
         self, request: HttpRequest, pending: Awaitable[HttpResponse], keep_alive: bool
@@ -302,54 +365,95 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        keep_alive = (
-            keep_alive and not self._server.draining and not (self._close_after and not self._queue)
-        )
+        last = not self._queue
+        keep_alive = keep_alive and not self._server.draining
         unsafe = unsafe_headers(response)
         if unsafe:
             event(logging.ERROR, "response header dropped: unsafe value", headers=unsafe)
-        transport.write(serialize(response, keep_alive=keep_alive, head=request.method == "HEAD"))
-        if not keep_alive:
-            self._queue.clear()
-            transport.close()
+        refusal = self._refusal if last and keep_alive else None
+        transport.write(
+            serialize(
+                response, keep_alive=keep_alive and refusal is None, head=request.method == "HEAD"
+            )
+        )
+        if refusal is not None:
+            transport.write(refusal)  # the 400 owed after the answers before it
+        if not keep_alive or refusal is not None:
+            self._close_after_answer()
             return
-        if not self._queue and not self._in_head:
-            self._arm(IDLE_TIMEOUT)
+        if last:
+            self._arm(HEAD_TIMEOUT if self._in_head else IDLE_TIMEOUT, head=self._in_head)
 
     def _refuse(self, reason: str) -> None:
         """400 and close: the rest of the byte stream cannot be trusted."""
+        if self._stop_reading:
+            return  # what follows a last request (a body, `Connection: close`) is not read
         self._stop_reading = True
         event(logging.WARNING, "bad http request", peer=self.peer, reason=reason)
         self._server.bad_requests += 1
-        body = b"bad request\n"
-        response = HttpResponse(400, (("content-type", "text/plain"),), body)
-        if self._task is None and self._transport is not None:
-            self._queue.clear()
-            self._transport.write(serialize(response, keep_alive=False))
-            self._transport.close()
+        if self._transport is None:
+            return
+        if self._task is None and not self._queue:
+            self._transport.write(serialize(_BAD_REQUEST, keep_alive=False))
+            self._close_after_answer()
         else:
-            # Answers already owed come first; nothing after them.
-            self._close_after = True
+            # Answers already owed come first, then the 400; nothing after it.
+            self._refusal = serialize(_BAD_REQUEST, keep_alive=False)
+
+    def _close_after_answer(self) -> None:
+        """Close once the answer is out, without losing it: the client may still be
+        sending (a body, the rest of a refused head), and closing a socket with unread
+        input sends a reset that can destroy the answer before the client reads it. So
+        send our FIN, read and drop the client's bytes until its own FIN, and close
+        then, or after `LINGER_TIMEOUT` at the latest (a lingering close)."""
+        transport = self._transport
+        self._queue.clear()
+        self._stop_reading = True
+        self._closing = True
+        if transport is None:
+            return
+        self._disarm()
+        if self._reading_paused:
+            transport.resume_reading()
+            self._reading_paused = False
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._timer = self._loop.call_later(LINGER_TIMEOUT, transport.close)
+        else:
+            transport.close()
+
+    def _stop_work(self) -> None:
+        if self._task is not None and not self._task.done():
+            # Nobody will read this answer: stop the work behind it.
+            self._task.cancel()
 
     # --- timers and drain ---------------------------------------------------------------
 
-    def _arm(self, seconds: float) -> None:
+    def _arm(self, seconds: float, *, head: bool) -> None:
         self._disarm()
         self._timer = self._loop.call_later(seconds, self._timed_out)
+        self._timer_is_head = head
 
     def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._timer_is_head = False
+
+    def _cancel_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
 
     def _timed_out(self) -> None:
         self._timer = None
+        self._timer_is_head = False
         if self._transport is not None and self._task is None and not self._queue:
             self._transport.close()
 
     @property
     def idle(self) -> bool:
-        return self._task is None and not self._queue and not self._in_head
+        return self._closing or (self._task is None and not self._queue and not self._in_head)
 
     def close_if_idle(self) -> None:
         if self.idle and self._transport is not None:

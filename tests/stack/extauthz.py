@@ -1,8 +1,10 @@
 """One ext-authz replica as a child process: `python -m ext_authz serve -c FILE`.
 
-The launcher writes the given config dict as YAML (filling `server.listen` and
-`server.http_listen` with free loopback ports unless given) and is ready when
-grpc.health.v1 says SERVING for envoy.service.auth.v3.Authorization.
+The launcher writes the given config dict as YAML (filling `server.listen`,
+`server.http_listen` and `server.forward_auth_listen` with free loopback ports unless
+given; an empty `http_listen` or `forward_auth_listen` stays off) and is ready when
+grpc.health.v1 says SERVING for envoy.service.auth.v3.Authorization and the
+forward-auth port accepts connections.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import yaml
 
 from tests.stack.allow_all import grpc_serving
-from tests.stack.proc import ManagedProcess, free_port
+from tests.stack.proc import ManagedProcess, free_port, port_open
 
 AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 
@@ -38,6 +40,7 @@ class ExtAuthz:
         port: int | None = None,
         http_port: int | None = None,
         env: Mapping[str, str] | None = None,
+        forward_auth_port: int | None = None,
         name: str | None = None,
     ) -> None:
         ExtAuthz._count += 1
@@ -51,16 +54,16 @@ class ExtAuthz:
             server["http_listen"] = (
                 f"127.0.0.1:{http_port if http_port is not None else free_port()}"
             )
-        # Forward auth (SPEC §10) on a port of its own, unless the config says (""
-        # turns it off).
-        if "forward_auth_listen" not in server:
-            server["forward_auth_listen"] = f"127.0.0.1:{free_port()}"
+        if forward_auth_port is not None or "forward_auth_listen" not in server:
+            server["forward_auth_listen"] = (
+                f"127.0.0.1:{forward_auth_port if forward_auth_port is not None else free_port()}"
+            )
         self.port = _port_of(server["listen"])
-        self.forward_auth_port: int | None = (
-            _port_of(server["forward_auth_listen"]) if server["forward_auth_listen"] else None
-        )
         self.http_port: int | None = (
             _port_of(server["http_listen"]) if server["http_listen"] else None
+        )
+        self.forward_auth_port: int | None = (
+            _port_of(server["forward_auth_listen"]) if server["forward_auth_listen"] else None
         )
         self.config_path = self.workdir / f"{self.name}.yaml"
         self.process = ManagedProcess(
@@ -89,6 +92,11 @@ class ExtAuthz:
         return f"http://127.0.0.1:{self.http_port}" if self.http_port else None
 
     @property
+    def forward_auth_url(self) -> str | None:
+        """http://127.0.0.1:P of forward auth (SPEC §10); None when turned off."""
+        return f"http://127.0.0.1:{self.forward_auth_port}" if self.forward_auth_port else None
+
+    @property
     def log_path(self) -> Path:
         return self.process.log_path
 
@@ -101,11 +109,17 @@ class ExtAuthz:
 
     def start(self, timeout: float = 20.0) -> ExtAuthz:
         self.write_config()
-        self.process.start(
-            lambda: grpc_serving(self.grpc_address, AUTHORIZATION_SERVICE),
-            timeout,
-            f"{self.name} health SERVING on {self.grpc_address}",
-        )
+
+        def ready() -> bool:
+            # gRPC turns SERVING before the forward-auth listener is bound.
+            return grpc_serving(self.grpc_address, AUTHORIZATION_SERVICE) and (
+                self.forward_auth_port is None or port_open("127.0.0.1", self.forward_auth_port)
+            )
+
+        what = f"{self.name} health SERVING on {self.grpc_address}"
+        if self.forward_auth_port is not None:
+            what += f" and forward auth on 127.0.0.1:{self.forward_auth_port}"
+        self.process.start(ready, timeout, what)
         return self
 
     def stop(self, timeout: float = 15.0) -> int | None:
