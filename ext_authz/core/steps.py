@@ -9,7 +9,7 @@ paths) happen before, in `ext_authz.core.routing`.
     5. header verified                       -> Allow(basic|bearer), maybe a new session
        header present but not valid          -> remembered
        verifier unavailable (IdP down)       -> 503 unless a skip path
-    6. skip path                             -> Allow(skip), no identity headers
+    6. skip path (in the normalised path)    -> Allow(skip), no identity headers
     7. invalid header and intercepting       -> 401
        session unknown because store down   -> 503
        by `unauthenticated`                  -> 302 to the IdP (StartLogin) or 401
@@ -31,6 +31,7 @@ from ext_authz.core.credentials import (
 )
 from ext_authz.core.decision import Allow, Deny, unauthorized, unavailable
 from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
+from ext_authz.core.paths import normalize_path
 from ext_authz.core.upstream import client_authentik_headers, identity_headers, upstream_basic
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ def decide(facts: Facts) -> Allow | Deny | StartLogin:
         return _allow(facts, verdict.identity, method, consumed=True, create_session=create)
 
     invalid = isinstance(facts.credential, MalformedCredential) or isinstance(verdict, Rejected)
-    if any(p.search(request.path) for p in app.skip_paths):
+    if _is_skip_path(request.path, app):
         return _allow(facts, None, "skip", consumed=False, create_session=False)
 
     if isinstance(verdict, Unavailable):
@@ -162,6 +163,15 @@ def decide(facts: Facts) -> Allow | Deny | StartLogin:
             facts, invalid_token=False, detail="authentication required", reason="unauthenticated"
         )
     return StartLogin(return_to=original_url(request, app), expire_session=facts.stale_cookie)
+
+
+def _is_skip_path(path: str, app: Application) -> bool:
+    """Step 6: a skip regex is searched in the normalised path; a path with no safe
+    normal form (`normalize_path` returns None) never matches."""
+    if not app.skip_paths:
+        return False
+    normal = normalize_path(path)
+    return normal is not None and any(p.search(normal) for p in app.skip_paths)
 
 
 def _method(credential: Credential | None) -> str:

@@ -18,6 +18,7 @@ from ext_authz.core.credentials import (
 )
 from ext_authz.core.decision import Allow
 from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable
+from ext_authz.core.paths import normalize_path
 from ext_authz.core.steps import Facts, credential_for, decide
 from ext_authz.core.upstream import identity_headers, upstream_basic
 from tests.unit.conftest import make_app
@@ -116,8 +117,12 @@ HEADER_VALUES = st.one_of(
 )
 PATHS = st.one_of(
     st.sampled_from(["/", "/page", "/publicx", "/x/public/", "/outpost.goauthentik.io/ping"]),
+    # Paths that look as if they were under the skip path /public/ but are not.
+    st.sampled_from(["/public/../", "/public/%2e%2e/", "/public/..;/", "/public/..%2f"]).flatmap(
+        lambda prefix: st.text(max_size=10).map(lambda rest: prefix + rest)
+    ),
     st.text(max_size=40).map(lambda s: "/" + s),
-).filter(lambda p: not p.startswith("/public/"))
+).filter(lambda p: not (normalize_path(p) or "").startswith("/public/"))
 
 
 @FAST
@@ -144,7 +149,8 @@ def test_decide_never_allows_without_session_or_verified_credential(
     store_down: bool,
 ) -> None:
     application = APPS[app_index]
-    assert not any(p.search(path) for p in application.skip_paths)
+    normal = normalize_path(path)
+    assert normal is None or not any(p.search(normal) for p in application.skip_paths)
     request = AuthRequest(
         has_http=True,
         method=method,

@@ -397,6 +397,35 @@ def test_skip_path_allow(intercept: bool, removed: bool) -> None:
     assert "authorization" not in dict(decision.set_headers)
 
 
+@pytest.mark.parametrize(
+    ("path", "skipped"),
+    [
+        pytest.param("/public/x", True, id="public"),
+        pytest.param("/public//x", True, id="double-slash"),
+        pytest.param("/public/a%2e", True, id="encoded-dot-in-a-name"),
+        pytest.param("/secret/../public/x", True, id="dot-dot-into-public"),
+        pytest.param("/healthz;jsessionid=1", True, id="parameter-cut"),
+        pytest.param("/public/../secret", False, id="dot-dot"),
+        pytest.param("/public/x/../../secret", False, id="dot-dot-twice"),
+        pytest.param("/public/%2e%2e/secret", False, id="encoded-dot-dot"),
+        pytest.param("/public/..%2fsecret", False, id="encoded-slash"),
+        pytest.param("/public/..%5Csecret", False, id="encoded-backslash"),
+        pytest.param("/public/..;/secret", False, id="dot-dot-semicolon"),
+        pytest.param("/public/\\..\\secret", False, id="backslash"),
+        pytest.param("/public/%00", False, id="nul"),
+        pytest.param("/public/%zz", False, id="invalid-escape"),
+        pytest.param("/../public/x", False, id="above-the-root"),
+        pytest.param("/healthz/..", False, id="healthz-directory-is-root"),
+    ],
+)
+def test_skip_regex_is_searched_in_the_normalised_path(path: str, skipped: bool) -> None:
+    decision = run(req(path, headers={"accept": "application/json"}), app(unauthenticated="deny"))
+    if skipped:
+        assert isinstance(decision, Allow) and decision.method == "skip"
+    else:
+        assert isinstance(decision, Deny) and decision.status == 401
+
+
 def test_client_authentik_headers_removed_or_overwritten_on_authenticated_allow() -> None:
     request = req(
         headers={
