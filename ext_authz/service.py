@@ -72,6 +72,8 @@ class CheckService:
     ) -> None:
         self._runtimes = {rt.app.name: rt for rt in runtimes}
         self._apps = routing.ApplicationIndex([rt.app for rt in runtimes])
+        # Stripped from every upstream's cookie header (SPEC §7), whichever app it is.
+        self._cookie_names = steps.cookie_names(rt.app for rt in runtimes)
         self._sessions = sessions
         self._credentials = credentials
         self._logins = logins
@@ -159,6 +161,7 @@ class CheckService:
                 store_down=store_down,
                 credential=credential,
                 verdict=verdict,
+                cookie_names=self._cookie_names,
             )
         )
         if isinstance(outcome, steps.StartLogin):

@@ -17,6 +17,7 @@ paths) happen before, in `ext_authz.core.routing`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,7 @@ __all__ = [
     "Facts",
     "StartLogin",
     "challenge",
+    "cookie_names",
     "credential_for",
     "decide",
     "expire_session_cookie",
@@ -71,10 +73,21 @@ class Facts:
     store_down: bool = False
     credential: Credential | None = None
     verdict: VerifyOutcome | None = None
+    # Every configured application's session and login cookie names (`cookie_names`),
+    # computed once from the settings; empty: this application's own.
+    cookie_names: frozenset[str] = frozenset()
 
 
 def login_cookie_name(app: Application) -> str:
     return app.cookie_name + "_login"
+
+
+def cookie_names(apps: Iterable[Application]) -> frozenset[str]:
+    """The session and login cookie names of every application: what
+    `send.strip_session_cookie` keeps from the upstream (SPEC §7). Applications may
+    share a `cookie_domain`, so the browser sends each one's cookies to all of them,
+    and one application's upstream must not receive a cookie that opens another."""
+    return frozenset(name for app in apps for name in (app.cookie_name, login_cookie_name(app)))
 
 
 def credential_for(request: AuthRequest, app: Application) -> Credential | None:
@@ -266,7 +279,7 @@ def _allow(
         remove.append("authorization")
     if app.send.strip_session_cookie and "cookie" in request.headers:
         original = request.headers["cookie"]
-        stripped = strip_cookies(original, {app.cookie_name, login_cookie_name(app)})
+        stripped = strip_cookies(original, facts.cookie_names or cookie_names((app,)))
         if stripped is None:
             remove.append("cookie")
         elif stripped != original:

@@ -72,6 +72,48 @@ def test_parse_cookies_never_raises(value: str | None) -> None:
     strip_cookies(value, {"authentik_proxy_0123abcd"})
 
 
+OURS = frozenset({"authentik_proxy_0123abcd", "authentik_proxy_0123abcd_login", "s"})
+COOKIE_PIECES = st.lists(
+    st.one_of(
+        st.sampled_from(sorted(OURS)).map(lambda n: n + "="),
+        st.sampled_from([";", ",", "; ", " ", "\t", "=", '"', "a=1", 'b="2"', "c=3,4", "flag"]),
+        st.text(max_size=4),
+    ),
+    max_size=12,
+).map("".join)
+SPLIT = re.compile(r"[;,]")
+
+
+def _named(piece: str) -> bool:
+    name, eq, _ = piece.strip(" \t").partition("=")
+    return bool(eq) and name in OURS
+
+
+def _is_subsequence(small: str, big: str) -> bool:
+    rest = iter(big)
+    return all(char in rest for char in small)
+
+
+@FAST
+@given(st.one_of(COOKIE_PIECES, ANY_TEXT))
+def test_strip_cookies_removes_only_our_pairs(header: str) -> None:
+    """The output is the input with only our cookies' pieces (and one separator each,
+    with the whitespace around it) taken out; nothing is ever added or changed."""
+    stripped = strip_cookies(header, OURS)
+    pieces = SPLIT.split(header)
+    if not any(_named(p) for p in pieces):
+        assert stripped is header  # untouched
+        return
+    kept = [p.strip(" \t") for p in pieces if not _named(p)]
+    if stripped is None:
+        assert not any(kept)  # at most empty pieces were left
+        return
+    assert _is_subsequence(stripped, header)
+    assert [p.strip(" \t") for p in SPLIT.split(stripped)] == kept
+    assert parse_cookies(stripped) == [(n, v) for n, v in parse_cookies(header) if n not in OURS]
+    assert strip_cookies(stripped, OURS) is stripped
+
+
 # --- decide: no verified credential and no session means no Allow ------------------------------
 
 APPS = [

@@ -22,6 +22,7 @@ from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, V
 from ext_authz.core.steps import (
     Facts,
     StartLogin,
+    cookie_names,
     credential_for,
     decide,
     is_browser_navigation,
@@ -531,6 +532,46 @@ def test_strip_session_cookie(cookie: str, set_to: str | None, removed: bool) ->
     assert isinstance(decision, Allow)
     assert dict(decision.set_headers).get("cookie") == set_to
     assert ("cookie" in decision.remove_headers) is removed
+
+
+OTHER = app(name="other", external_host="https://other.example.com", oidc=False)
+
+
+@pytest.mark.parametrize(
+    ("cookie", "set_to", "removed"),
+    [
+        pytest.param(
+            'c=3,4; {o}=theirs; b="2"; {s}=sess; {ol}=login',
+            'c=3,4; b="2"',
+            False,
+            id="every-applications-cookies-go-the-rest-byte-for-byte",
+        ),
+        pytest.param("{o}=theirs", None, True, id="only-another-applications"),
+        pytest.param("{o}x=1; x{o}=2", None, False, id="similar-names-untouched"),
+        pytest.param('c=3,4; b="2"', None, False, id="nothing-ours-untouched"),
+    ],
+)
+def test_strip_every_applications_cookies(cookie: str, set_to: str | None, removed: bool) -> None:
+    header = cookie.format(s=APP.cookie_name, o=OTHER.cookie_name, ol=login_cookie_name(OTHER))
+    names = cookie_names((APP, OTHER))
+    assert names == {
+        APP.cookie_name,
+        login_cookie_name(APP),
+        OTHER.cookie_name,
+        login_cookie_name(OTHER),
+    }
+    for session in (ALICE, None):  # an authenticated request, and one on a skip path
+        decision = decide(
+            Facts(
+                request=req("/page" if session else "/public/x", headers={"cookie": header}),
+                app=APP,
+                session=session,
+                cookie_names=names,
+            )
+        )
+        assert isinstance(decision, Allow)
+        assert dict(decision.set_headers).get("cookie") == set_to
+        assert ("cookie" in decision.remove_headers) is removed
 
 
 def test_strip_session_cookie_off_leaves_the_cookie() -> None:
