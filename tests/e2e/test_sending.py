@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.e2e.signin import sign_in
-from tests.stack.demo import ALICE, BOB, CAROL, Stack
-from tests.support import basic, echoed
+from tests.stack.demo import ALICE, BOB, CAROL, SHARED_DOMAIN, Stack, merge_config
+from tests.support import basic, echoed, raw_request
 
 pytestmark = pytest.mark.e2e
 
@@ -128,3 +129,92 @@ def test_session_cookie_is_stripped_from_the_upstream_cookie(stack: Stack) -> No
     assert headers["cookie"] == ["theme=dark"]
     only_ours = stack.get("app", "/", headers={"Cookie": pair})
     assert "cookie" not in echoed(only_ours)
+
+
+# --- cookies of every application stay out of every upstream (issue 11, finding 5) ---
+
+SHOP, WIKI = "shop" + SHARED_DOMAIN, "wiki" + SHARED_DOMAIN
+
+
+def two_apps_on_one_cookie_domain(config: dict[str, Any]) -> dict[str, Any]:
+    """Directory applications `shop` and `wiki` whose sessions share `.example.test`
+    (authentik's cookie domain): the browser sends each one's cookie to both."""
+    port = urlsplit(config["applications"][0]["external_host"]).port
+    shared = {"cookie_domain": SHARED_DOMAIN, "skip_path_regex": ["^/public/"]}
+    return merge_config(
+        config,
+        {
+            "applications": {
+                "shop": {"external_host": f"http://{SHOP}:{port}", **shared},
+                "wiki": {"external_host": f"http://{WIKI}:{port}", **shared},
+            }
+        },
+    )
+
+
+@pytest.fixture
+def shared_domain(make_stack: Any) -> Stack:
+    stack: Stack = make_stack(idp=False, config_overrides=two_apps_on_one_cookie_domain)
+    return stack
+
+
+def through(
+    stack: Stack, host: str, path: str = "/", headers: list[tuple[str, str]] | None = None
+) -> tuple[int, dict[str, list[str]], str]:
+    return raw_request(stack.port, path, host=f"{host}:{stack.port}", headers=headers)
+
+
+def signed_in(stack: Stack, host: str) -> str:
+    """`name=value` of a new session on `host`, made from ALICE's app password."""
+    status, headers, body = through(
+        stack, host, headers=[("Authorization", basic(ALICE.username, ALICE.app_password))]
+    )
+    assert status == 200, (status, body[:300])
+    (line,) = [c for c in headers.get("set-cookie", []) if c.startswith("authentik_proxy_")]
+    assert f"Domain={SHARED_DOMAIN}" in line
+    return line.split(";", 1)[0]
+
+
+def upstream_headers(response: tuple[int, dict[str, list[str]], str]) -> dict[str, list[str]]:
+    status, _, body = response
+    assert status == 200, (status, body[:300])
+    headers: dict[str, list[str]] = json.loads(body)["headers"]
+    return headers
+
+
+def test_another_applications_session_never_reaches_the_upstream(shared_domain: Stack) -> None:
+    shop, wiki = signed_in(shared_domain, SHOP), signed_in(shared_domain, WIKI)
+    wiki_name, wiki_value = wiki.split("=", 1)
+    assert shop.split("=", 1)[0] != wiki_name
+    cookie = f'c=3,4; {wiki}; b="2"; {shop}; {wiki_name}_login=state-binding'
+    headers = upstream_headers(through(shared_domain, SHOP, headers=[("Cookie", cookie)]))
+    assert headers["x-authentik-username"] == ["alice"]  # shop's own session worked
+    # Every application's session and login cookies are gone; the rest, byte for byte.
+    assert headers["cookie"] == ['c=3,4; b="2"']
+    assert not any(wiki_value in v for values in headers.values() for v in values)
+
+
+def test_another_applications_session_is_stripped_on_a_skip_path(shared_domain: Stack) -> None:
+    wiki = signed_in(shared_domain, WIKI)
+    response = through(shared_domain, SHOP, "/public/x", headers=[("Cookie", f"{wiki}; c=3,4")])
+    assert upstream_headers(response)["cookie"] == ["c=3,4"]
+
+
+def test_cookies_that_are_not_ours_pass_untouched(shared_domain: Stack) -> None:
+    shop = signed_in(shared_domain, SHOP)
+    for cookie in ['c=3,4; b="2"', 'a=1;b=2 ;  flag; q="x y"', "c=3,4,b=5"]:
+        response = through(shared_domain, SHOP, "/public/x", headers=[("Cookie", cookie)])
+        assert upstream_headers(response)["cookie"] == [cookie]
+        # The same with a session to strip: only that pair and its separator go.
+        response = through(shared_domain, SHOP, headers=[("Cookie", f"{shop}; {cookie}")])
+        assert upstream_headers(response)["cookie"] == [cookie]
+
+
+def test_repeated_cookie_headers_keep_envoys_comma_join(shared_domain: Stack) -> None:
+    wiki = signed_in(shared_domain, WIKI)
+    auth = ("Authorization", basic(ALICE.username, ALICE.app_password))
+    lines = [("Cookie", "c=3,4"), ("Cookie", f'{wiki}; b="2"'), auth]
+    headers = upstream_headers(through(shared_domain, SHOP, headers=lines))
+    # Envoy hands ext-authz the two lines joined by "," and sends the upstream what
+    # ext-authz wrote: the same join, without wiki's pair and its "; ".
+    assert headers["cookie"] == ['c=3,4,b="2"']
