@@ -128,6 +128,16 @@ class CheckService:
                 request_id=request.request_id,
                 headers=list(decision.dropped_headers),
             )
+        if isinstance(decision, Allow) and decision.undeclared_headers:
+            # Names only: the values may be anything the IdP's attributes hold.
+            event(
+                logging.WARNING,
+                "additional header dropped: not declared",
+                app=app,
+                request_id=request.request_id,
+                headers=list(decision.undeclared_headers),
+                hint="declare names in send.additional_headers",
+            )
 
     # --- steps 3-7 -------------------------------------------------------------------
 

@@ -33,7 +33,12 @@ from ext_authz.core.credentials import (
 from ext_authz.core.decision import Allow, Deny, unauthorized, unavailable
 from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
 from ext_authz.core.paths import normalize_path
-from ext_authz.core.upstream import client_authentik_headers, identity_headers, upstream_basic
+from ext_authz.core.upstream import (
+    client_authentik_headers,
+    client_declared_headers,
+    identity_headers,
+    upstream_basic,
+)
 
 if TYPE_CHECKING:
     from ext_authz.config import Application
@@ -271,6 +276,8 @@ def _allow(
     # removing them as well could drop our own value.
     remove = list(part.removals)
     remove += [n for n in client_authentik_headers(request.headers) if n.lower() not in part.names]
+    declared = client_declared_headers(request.headers, app.send.declared_headers)
+    remove += [n for n in declared if n.lower() not in part.names]
     if (
         "authorization" in request.headers
         and "authorization" not in part.names
@@ -296,6 +303,7 @@ def _allow(
         response_headers=response,
         create_session=create_session,
         dropped_headers=part.dropped if fresh else (),  # logged once, not per request
+        undeclared_headers=part.undeclared if fresh else (),
     )
 
 
@@ -307,6 +315,7 @@ class _IdentityPart:
     removals: tuple[str, ...]  # lower-case names whose value is empty
     names: frozenset[str]  # lower-case names set
     dropped: tuple[str, ...]  # names whose value was unsafe
+    undeclared: tuple[str, ...] = ()  # additionalHeaders names not in send.additional_headers
 
 
 _NO_IDENTITY = _IdentityPart((), (), frozenset(), ())
@@ -324,10 +333,16 @@ def _identity_part(identity: Identity, app: Application) -> tuple[_IdentityPart,
         return entry[2], False
     pairs: list[tuple[str, str]] = []
     dropped: tuple[str, ...] = ()
+    undeclared: tuple[str, ...] = ()
     if app.send.identity_headers:
-        built = identity_headers(identity, app_name=app.name, provider=app.provider_name)
+        built = identity_headers(
+            identity,
+            app_name=app.name,
+            provider=app.provider_name,
+            declared=app.send.declared_headers,
+        )
         pairs += built.headers
-        dropped = built.dropped
+        dropped, undeclared = built.dropped, built.undeclared
     if app.send.basic.enabled:
         basic = upstream_basic(
             identity,
@@ -343,6 +358,7 @@ def _identity_part(identity: Identity, app: Application) -> tuple[_IdentityPart,
         removals=tuple(name.lower() for name, value in pairs if not value),
         names=frozenset(name.lower() for name, _ in kept),
         dropped=dropped,
+        undeclared=undeclared,
     )
     if len(_PARTS) >= _PARTS_MAX:
         _PARTS.clear()

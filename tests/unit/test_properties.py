@@ -20,7 +20,7 @@ from ext_authz.core.decision import Allow
 from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable
 from ext_authz.core.paths import normalize_path
 from ext_authz.core.steps import Facts, credential_for, decide
-from ext_authz.core.upstream import identity_headers, upstream_basic
+from ext_authz.core.upstream import additional_header_problem, identity_headers, upstream_basic
 from tests.unit.conftest import make_app
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -273,6 +273,49 @@ def test_identity_headers_never_carry_cr_lf_nul(
         assert UNSAFE.search(value) is None
         assert UNSAFE.search(name) is None
         value.encode("utf-8")  # every value has a UTF-8 form for the wire
+
+
+HEADER_NAMES_IN_ATTRIBUTES = st.one_of(
+    st.sampled_from(
+        ["X-Team", "x-team", "X_Team", "X-Floor", "x_authentik_username", "X-authentik-uid",
+         "Authorization", "cookie", "bad name", "x-level"]
+    ),
+    st.text(max_size=12),
+)  # fmt: skip
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+@FAST
+@given(
+    st.dictionaries(HEADER_NAMES_IN_ATTRIBUTES, STRINGS, max_size=6),
+    st.sets(st.sampled_from(["x-team", "x-floor", "x-level"])),
+)
+def test_additional_headers_set_only_declared_names(
+    extra: dict[str, str], declared: set[str]
+) -> None:
+    who = Identity(sub="u", attributes={"additionalHeaders": extra})
+    built = identity_headers(who, app_name="a", provider="p", declared=declared)
+    ours = {n.lower() for n, _ in identity_headers(Identity(sub="u"), app_name="a", provider="p")
+            .headers}  # fmt: skip
+    extra_sent = [name for name, _ in built.headers if name.lower() not in ours]
+    assert all(name.lower() in declared for name in extra_sent)
+    assert all("_" not in name for name, _ in built.headers)
+    # Every header name of the attributes is sent, dropped as unsafe, reported as
+    # undeclared, or a second spelling of a sent one; never two of these.
+    tokens = [name for name in extra if TOKEN.fullmatch(name)]
+    assert sorted(built.undeclared) == sorted(n for n in tokens if n.lower() not in declared)
+    for name in tokens:
+        fates = (name in extra_sent) + (name in built.dropped) + (name in built.undeclared)
+        assert fates <= 1
+
+
+@FAST
+@given(st.one_of(HEADER_NAMES_IN_ATTRIBUTES, ANY_TEXT))
+def test_a_declarable_header_name_is_a_plain_token(name: str) -> None:
+    if additional_header_problem(name) is None:
+        assert TOKEN.fullmatch(name) and "_" not in name
+        assert not name.lower().startswith(("x-authentik-", "x-envoy-"))
+        assert name.lower() not in {"authorization", "cookie", "host", "connection"}
 
 
 BASIC_VALUE = re.compile(r"^Basic [A-Za-z0-9+/]*=*$")

@@ -479,6 +479,87 @@ def test_unsafe_identity_values_are_dropped_and_reported() -> None:
     assert "x-authentik-name" in decision.remove_headers  # the client's copy goes too
 
 
+# --- additionalHeaders: declared names only (SPEC §7) ---------------------------------------
+
+TEAM_APP = app(send={"additional_headers": ["X-Team"]})
+SPOOFED = {"x-team": "red", "x_team": "red", "X_TEAM": "red", "x-teams": "kept"}
+
+
+def with_team(value: object) -> Identity:
+    return Identity(sub="u1", preferred_username="carol", attributes={"additionalHeaders": value})
+
+
+@pytest.mark.parametrize(
+    ("path", "session", "sent", "removed"),
+    [
+        pytest.param(
+            "/page",
+            with_team({"X-Team": "blue"}),
+            {"X-Team": "blue"},
+            {"x_team", "X_TEAM"},  # x-team itself is overwritten, not removed
+            id="declared-value-overwrites",
+        ),
+        pytest.param(
+            "/page", with_team({}), {}, {"x-team", "x_team", "X_TEAM"}, id="identity-has-none"
+        ),
+        pytest.param(
+            "/page",
+            with_team({"X-Team": ""}),
+            {},
+            {"x-team", "x_team", "X_TEAM"},
+            id="empty-value",
+        ),
+        pytest.param(
+            "/page",
+            with_team({"X-Team": "blue\r\nX-Admin: 1"}),
+            {},
+            {"x-team", "x_team", "X_TEAM"},
+            id="unsafe-value",
+        ),
+        pytest.param(
+            "/page",
+            with_team({"X-Team": 5}),
+            {},
+            {"x-team", "x_team", "X_TEAM"},
+            id="not-a-string",
+        ),
+        pytest.param("/public/x", None, {}, {"x-team", "x_team", "X_TEAM"}, id="skip-path"),
+    ],
+)
+def test_client_copies_of_declared_headers_never_pass(
+    path: str, session: Identity | None, sent: dict[str, str], removed: set[str]
+) -> None:
+    decision = run(req(path, headers=SPOOFED), TEAM_APP, session=session)
+    assert isinstance(decision, Allow)
+    team = {n: v for n, v in decision.set_headers if n.lower().replace("_", "-") == "x-team"}
+    assert team == sent
+    assert {n for n in decision.remove_headers if n != "x-teams"} >= removed
+    assert "x-teams" not in decision.remove_headers
+    if sent:
+        assert "x-team" not in decision.remove_headers  # would drop our own value
+
+
+def test_undeclared_additional_headers_are_not_sent_and_reported() -> None:
+    carol = with_team({"X-Team": "blue", "X-Floor": "3", "x_authentik_username": "root"})
+    decision = run(req(headers={"x-floor": "9"}), TEAM_APP, session=carol)
+    assert isinstance(decision, Allow)
+    assert dict(decision.set_headers)["X-Team"] == "blue"
+    assert "X-Floor" not in dict(decision.set_headers)
+    assert "x_authentik_username" not in dict(decision.set_headers)
+    assert dict(decision.set_headers)["X-authentik-username"] == "carol"
+    assert decision.undeclared_headers == ("X-Floor", "x_authentik_username")
+    # Undeclared names are not ours to police: a client's own X-Floor passes.
+    assert "x-floor" not in decision.remove_headers
+
+
+def test_nothing_declared_sends_no_additional_header() -> None:
+    decision = run(req(headers={"x-team": "red"}), session=with_team({"X-Team": "blue"}))
+    assert isinstance(decision, Allow)
+    assert "X-Team" not in dict(decision.set_headers)
+    assert "x-team" not in decision.remove_headers  # not declared: not ours to police
+    assert decision.undeclared_headers == ("X-Team",)
+
+
 @pytest.mark.parametrize(
     "request_headers",
     [
