@@ -218,3 +218,90 @@ def test_repeated_cookie_headers_keep_envoys_comma_join(shared_domain: Stack) ->
     # Envoy hands ext-authz the two lines joined by "," and sends the upstream what
     # ext-authz wrote: the same join, without wiki's pair and its "; ".
     assert headers["cookie"] == ['c=3,4,b="2"']
+
+
+# --- attributes.additionalHeaders: declared names only (issue 11, finding 6) -----------
+#
+# The demo declares X-Team on both applications (send.additional_headers); CAROL's
+# attributes ask for X-Team: blue, the undeclared X-Floor, and names that may never be
+# sent. A client's own X-Team (or X_Team, which many upstreams read as X-Team) must
+# never reach an upstream, whatever the identity says.
+
+SPOOFED_TEAM = [("X-Team", "red"), ("X_Team", "red")]
+
+
+def team_headers(headers: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {k: v for k, v in headers.items() if k.replace("_", "-") == "x-team"}
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "user", "expected"),
+    [
+        pytest.param("app", "/", CAROL, {"x-team": ["blue"]}, id="authenticated-declared-value"),
+        pytest.param("app", "/", BOB, {}, id="authenticated-without-a-value"),
+        pytest.param("whoami", "/", CAROL, {"x-team": ["blue"]}, id="directory-identity"),
+        pytest.param("whoami", "/public/x", None, {}, id="skip-path"),
+        pytest.param("whoami", "/private", None, None, id="unauthenticated-denied"),
+    ],
+)
+def test_a_clients_declared_header_never_reaches_the_upstream(
+    stack: Stack, host: str, path: str, user: Any, expected: dict[str, list[str]] | None
+) -> None:
+    headers = list(SPOOFED_TEAM)
+    if user is not None:
+        headers.append(("Authorization", basic(user.username, user.app_password)))
+    response = stack.get(host, path, headers=headers)
+    if expected is None:
+        assert response.status_code == 401  # ext-authz's answer; the upstream is not asked
+        return
+    assert team_headers(echoed(response)) == expected
+
+
+def carols_team_is_unsafe(config: dict[str, Any]) -> dict[str, Any]:
+    """CAROL's directory X-Team value has a control character: it is dropped."""
+    config = json.loads(json.dumps(config))
+    (carol,) = [u for u in config["directory"]["users"] if u["username"] == CAROL.username]
+    carol["attributes"]["additionalHeaders"]["X-Team"] = "blue\x01"
+    return config
+
+
+def test_a_clients_declared_header_is_removed_when_the_value_is_unsafe(make_stack: Any) -> None:
+    stack: Stack = make_stack(idp=False, config_overrides=carols_team_is_unsafe)
+    response = stack.get(
+        "whoami",
+        "/",
+        headers=[*SPOOFED_TEAM, ("Authorization", basic(CAROL.username, CAROL.app_password))],
+    )
+    assert team_headers(echoed(response)) == {}
+    records = stack.replicas[0].log_records()
+    dropped = [r for r in records if r.get("msg") == "identity header dropped: unsafe value"]
+    assert dropped and dropped[0]["headers"] == ["X-Team"]
+
+
+def test_only_declared_attribute_headers_are_sent(stack: Stack) -> None:
+    response = stack.get(
+        "app", "/floors", headers={"Authorization": basic(CAROL.username, CAROL.app_password)}
+    )
+    headers = echoed(response)
+    assert headers["x-team"] == ["blue"]  # declared
+    assert "x-floor" not in headers  # not declared
+    # Never sent, declared or not: ours in any spelling, and authorization.
+    assert headers["x-authentik-username"] == ["carol"]
+    assert not [name for name in headers if name.startswith("x_")]
+    assert "authorization" not in headers
+    # One log line names what was dropped (names only, never values).
+    lines = [
+        r
+        for replica in stack.replicas
+        for r in replica.log_records()
+        if r.get("msg") == "additional header dropped: not declared"
+    ]
+    assert lines, "no log line for the undeclared headers"
+    assert set(lines[0]["headers"]) == {
+        "X-Floor",
+        "x_authentik_username",
+        "X-authentik-username",
+        "Authorization",
+    }
+    assert lines[0]["app"] == "app"
+    assert not any("root" in json.dumps(line) or '"3"' in json.dumps(line) for line in lines)

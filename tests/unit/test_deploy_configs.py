@@ -597,6 +597,10 @@ def test_compose_world_is_the_demo_world(
     assert idp_json["users"] == [asdict(u) for u in demo.idp_users()], hint
     assert idp_json["groups"] == {g: {"attributes": a} for g, a in demo.GROUPS.items()}, hint
 
+    for app in compose_ext_authz["applications"]:
+        declared = app.get("send", {}).get("additional_headers")
+        assert declared == list(demo.ADDITIONAL_HEADERS), hint
+
     directory = compose_ext_authz["directory"]
     expected = demo.directory()
     assert directory["groups"] == expected["groups"], hint
