@@ -19,9 +19,8 @@ servers are known to disagree about what the path names:
 - `..` above the root;
 - a dot segment written with escapes or parameters (`%2e%2e`, `.%2e`, `..;`,
   `..;x=1`): some upstreams resolve it and others take it as a name, so no single
-  path is the one they will serve. (Envoy with `normalize_path` resolves encoded dot
-  segments itself before asking, so through the shipped configs only the
-  parameter forms reach this rule.)
+  path is the one they will serve. (A proxy that normalises paths before asking, as
+  the shipped configs do, resolves most of these itself.)
 - a path that does not start with `/` (`*`, an absolute URI).
 
 Pure and total: never raises, whatever the string.
