@@ -44,6 +44,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ext_authz.core.cookies import cookie_name_for
+from ext_authz.core.upstream import additional_header_problem
 from ext_authz.durations import parse_duration
 from ext_authz.errors import ConfigError
 from ext_authz.store_url import (
@@ -457,12 +458,32 @@ class SendSettings(BaseModel):
 
     basic: SendBasic = Field(default_factory=SendBasic)
     identity_headers: bool = True
+    # The names attributes.additionalHeaders may set; stored lower-case. Client copies
+    # of them (any case, `_` for `-`) are always removed.
+    additional_headers: tuple[str, ...] = ()
     strip_session_cookie: bool = True
 
     @model_validator(mode="before")
     @classmethod
     def _sections(cls, data: Any) -> Any:
         return _empty_sections(data, "basic")
+
+    @field_validator("additional_headers")
+    @classmethod
+    def _additional_headers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [
+            ((j,), f"{name!r} {problem}")
+            for j, name in enumerate(value)
+            if (problem := additional_header_problem(name)) is not None
+        ]
+        if bad:
+            raise _problems(*bad)
+        return tuple(dict.fromkeys(name.lower() for name in value))
+
+    @cached_property
+    def declared_headers(self) -> frozenset[str]:
+        """additional_headers as a set, for the per-request lookups."""
+        return frozenset(self.additional_headers)
 
 
 _APP_NAME = re.compile(r"[a-z0-9-]+")

@@ -87,6 +87,8 @@ class CheckService:
     ) -> None:
         self._runtimes = {rt.app.name: rt for rt in runtimes}
         self._apps = routing.ApplicationIndex([rt.app for rt in runtimes])
+        # Stripped from every upstream's cookie header (SPEC §7), whichever app it is.
+        self._cookie_names = steps.cookie_names(rt.app for rt in runtimes)
         self._sessions = sessions
         self._credentials = credentials
         self._logins = logins
@@ -150,6 +152,16 @@ class CheckService:
                 request_id=request.request_id,
                 headers=list(decision.dropped_headers),
             )
+        if isinstance(decision, Allow) and decision.undeclared_headers:
+            # Names only: the values may be anything the IdP's attributes hold.
+            event(
+                logging.WARNING,
+                "additional header dropped: not declared",
+                app=app,
+                request_id=request.request_id,
+                headers=list(decision.undeclared_headers),
+                hint="declare names in send.additional_headers",
+            )
 
     # --- steps 3-7 -------------------------------------------------------------------
 
@@ -185,6 +197,7 @@ class CheckService:
                 store_down=store_down,
                 credential=credential,
                 verdict=verdict,
+                cookie_names=self._cookie_names,
             )
         )
         if isinstance(outcome, steps.StartLogin):

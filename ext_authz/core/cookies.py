@@ -3,6 +3,10 @@
 Envoy hands us repeated `cookie` headers joined with `,` (`a=1,b=2`) next to the
 usual `; ` separator, so both split pairs. RFC 6265 cookie values never contain a
 comma or semicolon, which makes that split safe. Parsing never raises.
+
+`strip_cookies` takes our cookies out of the header the upstream sees (SPEC §7) and
+leaves every other byte as the client sent it: the other cookies are the upstream's
+business, including values our split would misread (`c=3,4`, `b="2"`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ __all__ = [
 ]
 
 _SPLIT = re.compile(r"[;,]")
+_SEPARATOR = re.compile(r"([;,])")
 
 
 def cookie_name_for(client_id: str) -> str:
@@ -52,9 +57,47 @@ def get_cookie(header: str | None, name: str) -> str | None:
 
 
 def strip_cookies(header: str | None, names: Collection[str]) -> str | None:
-    """The header without the named cookies, `; `-joined; None when nothing is left."""
-    kept = [f"{k}={v}" for k, v in parse_cookies(header) if k not in names]
-    return "; ".join(kept) if kept else None
+    """The header without the named cookies; None when no cookie is left.
+
+    A named cookie is a piece (between `;` and `,` separators, as `parse_cookies`
+    splits) that reads `name=...`; it goes with one separator and the whitespace
+    around it. Everything else stays byte for byte: the other pieces (quotes,
+    spacing, pieces without `=`) and the separators between them. Where pieces were
+    removed between two kept ones, the separator kept is a `,` if there was one
+    (Envoy's join of two `cookie` header lines), else the first `;`, each with the
+    whitespace that followed it. When no named cookie is present, `header` itself is
+    returned, untouched.
+    """
+    if not header or not any(name in header for name in names):
+        return header
+    parts = _SEPARATOR.split(header)
+    pieces, separators = parts[0::2], parts[1::2]
+    named = [_is_named(piece, names) for piece in pieces]
+    if not any(named):
+        return header
+    out: list[str] = []
+    pending: tuple[str, str] | None = None  # (separator, the whitespace after it)
+    last = -1
+    for i, piece in enumerate(pieces):
+        if i:
+            separator = separators[i - 1], piece[: len(piece) - len(piece.lstrip(" \t"))]
+            if pending is None or (separator[0] == "," and pending[0] == ";"):
+                pending = separator
+        if named[i]:
+            continue
+        if out and pending is not None:
+            out += pending
+        out.append(piece.lstrip(" \t") if i else piece)
+        pending, last = None, i
+    if 0 <= last < len(pieces) - 1:
+        out[-1] = out[-1].rstrip(" \t")  # what followed it went
+    text = "".join(out)
+    return text if text.strip(" \t;,") else None
+
+
+def _is_named(piece: str, names: Collection[str]) -> bool:
+    name, eq, _ = piece.strip(" \t").partition("=")
+    return bool(eq) and name in names
 
 
 def session_cookie(

@@ -41,6 +41,8 @@ class Allow:
     `response_headers` go to the client (Set-Cookie). `method` names how the request
     was authenticated ("session", "basic", "bearer") or why it passed ("skip").
     `create_session` asks the service to create a session and add its cookie.
+    `dropped_headers` (unsafe values) and `undeclared_headers` (additionalHeaders
+    names the application does not declare) name what was left out, for one log line.
     """
 
     method: str
@@ -50,6 +52,7 @@ class Allow:
     response_headers: Headers = ()
     create_session: bool = False
     dropped_headers: tuple[str, ...] = ()
+    undeclared_headers: tuple[str, ...] = ()
 
     def with_response_headers(self, *headers: tuple[str, str]) -> Allow:
         return replace(self, response_headers=self.response_headers + headers)

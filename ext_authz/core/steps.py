@@ -10,7 +10,7 @@ paths) happen before, in `ext_authz.core.routing`.
        header present but not valid          -> remembered
        verifier unavailable (IdP down)       -> 503 unless a skip path
        client past its guessing limit        -> 429 unless a skip path
-    6. skip path                             -> Allow(skip), no identity headers
+    6. skip path (in the normalised path)    -> Allow(skip), no identity headers
     7. invalid header and intercepting       -> 401
        session unknown because store down   -> 503
        by `unauthenticated`                  -> 302 to the IdP (StartLogin) or 401
@@ -18,6 +18,7 @@ paths) happen before, in `ext_authz.core.routing`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,7 +46,13 @@ from ext_authz.core.model import (
     Unavailable,
     Verified,
 )
-from ext_authz.core.upstream import client_authentik_headers, identity_headers, upstream_basic
+from ext_authz.core.paths import normalize_path
+from ext_authz.core.upstream import (
+    client_authentik_headers,
+    client_declared_headers,
+    identity_headers,
+    upstream_basic,
+)
 
 if TYPE_CHECKING:
     from ext_authz.config import Application
@@ -55,6 +62,7 @@ __all__ = [
     "Facts",
     "StartLogin",
     "challenge",
+    "cookie_names",
     "credential_for",
     "decide",
     "expire_session_cookie",
@@ -84,10 +92,21 @@ class Facts:
     store_down: bool = False
     credential: Credential | None = None
     verdict: VerifyOutcome | None = None
+    # Every configured application's session and login cookie names (`cookie_names`),
+    # computed once from the settings; empty: this application's own.
+    cookie_names: frozenset[str] = frozenset()
 
 
 def login_cookie_name(app: Application) -> str:
     return app.cookie_name + "_login"
+
+
+def cookie_names(apps: Iterable[Application]) -> frozenset[str]:
+    """The session and login cookie names of every application: what
+    `send.strip_session_cookie` keeps from the upstream (SPEC §7). Applications may
+    share a `cookie_domain`, so the browser sends each one's cookies to all of them,
+    and one application's upstream must not receive a cookie that opens another."""
+    return frozenset(name for app in apps for name in (app.cookie_name, login_cookie_name(app)))
 
 
 def credential_for(request: AuthRequest, app: Application) -> Credential | None:
@@ -149,7 +168,7 @@ def decide(facts: Facts) -> Allow | Deny | StartLogin:
         return _allow(facts, verdict.identity, method, consumed=True, create_session=create)
 
     invalid = isinstance(facts.credential, MalformedCredential) or isinstance(verdict, Rejected)
-    if any(p.search(request.path) for p in app.skip_paths):
+    if _is_skip_path(request.path, app):
         return _allow(facts, None, "skip", consumed=False, create_session=False)
 
     if isinstance(verdict, Unavailable):
@@ -183,6 +202,15 @@ def decide(facts: Facts) -> Allow | Deny | StartLogin:
             facts, invalid_token=False, detail="authentication required", reason="unauthenticated"
         )
     return StartLogin(return_to=original_url(request, app), expire_session=facts.stale_cookie)
+
+
+def _is_skip_path(path: str, app: Application) -> bool:
+    """Step 6: a skip regex is searched in the normalised path; a path with no safe
+    normal form (`normalize_path` returns None) never matches."""
+    if not app.skip_paths:
+        return False
+    normal = normalize_path(path)
+    return normal is not None and any(p.search(normal) for p in app.skip_paths)
 
 
 def _method(credential: Credential | None) -> str:
@@ -269,6 +297,8 @@ def _allow(
     # removing them as well could drop our own value.
     remove = list(part.removals)
     remove += [n for n in client_authentik_headers(request.headers) if n.lower() not in part.names]
+    declared = client_declared_headers(request.headers, app.send.declared_headers)
+    remove += [n for n in declared if n.lower() not in part.names]
     if (
         "authorization" in request.headers
         and "authorization" not in part.names
@@ -277,7 +307,7 @@ def _allow(
         remove.append("authorization")
     if app.send.strip_session_cookie and "cookie" in request.headers:
         original = request.headers["cookie"]
-        stripped = strip_cookies(original, {app.cookie_name, login_cookie_name(app)})
+        stripped = strip_cookies(original, facts.cookie_names or cookie_names((app,)))
         if stripped is None:
             remove.append("cookie")
         elif stripped != original:
@@ -294,6 +324,7 @@ def _allow(
         response_headers=response,
         create_session=create_session,
         dropped_headers=part.dropped if fresh else (),  # logged once, not per request
+        undeclared_headers=part.undeclared if fresh else (),
     )
 
 
@@ -305,6 +336,7 @@ class _IdentityPart:
     removals: tuple[str, ...]  # lower-case names whose value is empty
     names: frozenset[str]  # lower-case names set
     dropped: tuple[str, ...]  # names whose value was unsafe
+    undeclared: tuple[str, ...] = ()  # additionalHeaders names not in send.additional_headers
 
 
 _NO_IDENTITY = _IdentityPart((), (), frozenset(), ())
@@ -322,10 +354,16 @@ def _identity_part(identity: Identity, app: Application) -> tuple[_IdentityPart,
         return entry[2], False
     pairs: list[tuple[str, str]] = []
     dropped: tuple[str, ...] = ()
+    undeclared: tuple[str, ...] = ()
     if app.send.identity_headers:
-        built = identity_headers(identity, app_name=app.name, provider=app.provider_name)
+        built = identity_headers(
+            identity,
+            app_name=app.name,
+            provider=app.provider_name,
+            declared=app.send.declared_headers,
+        )
         pairs += built.headers
-        dropped = built.dropped
+        dropped, undeclared = built.dropped, built.undeclared
     if app.send.basic.enabled:
         basic = upstream_basic(
             identity,
@@ -341,6 +379,7 @@ def _identity_part(identity: Identity, app: Application) -> tuple[_IdentityPart,
         removals=tuple(name.lower() for name, value in pairs if not value),
         names=frozenset(name.lower() for name, _ in kept),
         dropped=dropped,
+        undeclared=undeclared,
     )
     if len(_PARTS) >= _PARTS_MAX:
         _PARTS.clear()

@@ -1,19 +1,24 @@
 """What the upstream sees about an identity (SPEC §7): "sending authentication".
 
 - identity headers named as authentik sends them;
-- `attributes.additionalHeaders`, which can never override ours or `authorization`;
+- `attributes.additionalHeaders`, only under the names the application declares in
+  `send.additional_headers`; a declared name is a token without `_`, never one of ours,
+  `authorization`, `cookie`, `host` or a hop-by-hop header (`additional_header_problem`
+  says why not, for the config);
 - HTTP Basic for the upstream from user/group attributes;
-- the client's own `x-authentik-*` headers (any case, `_` read as `-`) go away.
+- the client's own `x-authentik-*` headers and its copies of declared names (any case,
+  `_` read as `-`, as many upstreams read it) go away.
 
 A header value containing a control character (CR, LF, NUL, ...) is dropped, never
-passed on: the returned `dropped` names let the caller log it once.
+passed on, and so is an `additionalHeaders` name that is not declared: the returned
+`dropped` and `undeclared` names let the caller log them once.
 """
 
 from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +26,9 @@ from ext_authz.core.model import Identity
 
 __all__ = [
     "UpstreamHeaders",
+    "additional_header_problem",
     "client_authentik_headers",
+    "client_declared_headers",
     "identity_headers",
     "is_safe_header_value",
     "upstream_basic",
@@ -33,6 +40,8 @@ __all__ = [
 _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
 _SPOOFABLE = re.compile(r"^x[-_]authentik[-_][^\n]*$", re.IGNORECASE | re.MULTILINE)
 _TOKEN_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Names no attribute may set: credentials, the request's framing and routing, and the
+# hop-by-hop headers (RFC 9110 §7.6.1), which a proxy never forwards as they are.
 _RESERVED_NAMES = frozenset(
     {
         "authorization",
@@ -43,7 +52,10 @@ _RESERVED_NAMES = frozenset(
         "content-length",
         "transfer-encoding",
         "connection",
+        "keep-alive",
+        "proxy-connection",
         "te",
+        "trailer",
         "upgrade",
     }
 )
@@ -51,10 +63,30 @@ _RESERVED_NAMES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class UpstreamHeaders:
-    """Headers to set (name, value) and the names of headers dropped as unsafe."""
+    """Headers to set (name, value), the names of headers dropped as unsafe, and the
+    `additionalHeaders` names dropped because the application does not declare them."""
 
     headers: tuple[tuple[str, str], ...]
     dropped: tuple[str, ...]
+    undeclared: tuple[str, ...] = ()
+
+
+def additional_header_problem(name: str) -> str | None:
+    """Why `name` cannot be declared in `send.additional_headers`, or None if it can."""
+    lowered = name.lower()
+    if not _TOKEN_NAME.fullmatch(name):
+        return "is not a header name (an RFC 9110 token)"
+    if "_" in name:
+        # Many upstreams read `_` as `-` (X_Team as X-Team); names with `_` are where
+        # spoofed copies hide, so none is ever set.
+        return "must not contain '_'"
+    if lowered.startswith("x-authentik-"):
+        return "is one of the X-authentik-* identity headers"
+    if lowered.startswith("x-envoy-"):
+        return "is an Envoy control header"
+    if lowered in _RESERVED_NAMES:
+        return "is a credential, framing or hop-by-hop header"
+    return None
 
 
 def is_safe_header_value(value: str) -> bool:
@@ -68,8 +100,19 @@ def client_authentik_headers(header_names: Iterable[str]) -> list[str]:
     return _SPOOFABLE.findall("\n".join(header_names))
 
 
-def identity_headers(identity: Identity, *, app_name: str, provider: str) -> UpstreamHeaders:
-    """SPEC §7's table, then `additionalHeaders` from the attributes."""
+def client_declared_headers(header_names: Iterable[str], declared: Collection[str]) -> list[str]:
+    """The names (as given) of every client header that is a copy of a declared
+    additional header (`declared`: lower-case), in any case and with `_` for `-`."""
+    if not declared:
+        return []
+    return [name for name in header_names if name.lower().replace("_", "-") in declared]
+
+
+def identity_headers(
+    identity: Identity, *, app_name: str, provider: str, declared: Collection[str] = ()
+) -> UpstreamHeaders:
+    """SPEC §7's table, then the `additionalHeaders` of the attributes whose names are
+    `declared` (lower-case; the application's `send.additional_headers`)."""
     ours: list[tuple[str, str]] = [
         ("X-authentik-username", identity.preferred_username),
         ("X-authentik-groups", "|".join(identity.groups)),
@@ -83,6 +126,7 @@ def identity_headers(identity: Identity, *, app_name: str, provider: str) -> Ups
     ]
     out: list[tuple[str, str]] = []
     dropped: list[str] = []
+    undeclared: list[str] = []
     for name, value in ours:
         if is_safe_header_value(value):
             out.append((name, value))
@@ -93,14 +137,20 @@ def identity_headers(identity: Identity, *, app_name: str, provider: str) -> Ups
     if isinstance(extra, Mapping):
         for name, value in _additional(extra):
             lowered = name.lower()
-            if lowered in taken or lowered in _RESERVED_NAMES or lowered.startswith(":"):
+            if lowered not in declared:
+                # Declared names passed additional_header_problem at start-up, so this
+                # also keeps out ours, authorization and `_` spellings such as
+                # x_authentik_username.
+                undeclared.append(name)
                 continue
+            if lowered in taken or lowered in _RESERVED_NAMES:
+                continue  # a second spelling of one name; or a caller that skipped config
             if not isinstance(value, str) or not is_safe_header_value(value):
                 dropped.append(name)
                 continue
             taken.add(lowered)
             out.append((name, value))
-    return UpstreamHeaders(tuple(out), tuple(dropped))
+    return UpstreamHeaders(tuple(out), tuple(dropped), tuple(undeclared))
 
 
 def _additional(extra: Mapping[Any, Any]) -> Iterable[tuple[str, Any]]:

@@ -10,7 +10,8 @@ mixed with a few real credentials whose validity is known by construction.
 
 For every request: the call returns a CheckResponse (never a gRPC error, never the
 servicer's catch-all "internal_error"); `status.code == 0` (allow) only for a skip
-path, the ping path or a credential valid for the request's application; no header
+path (in the normalised path), the ping path or a credential valid for the request's
+application; no header
 value in the answer carries CR, LF or NUL. Afterwards the replica is still alive,
 SERVING, and allows a real credential.
 """
@@ -29,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ext_authz._proto import AttributeContext, AuthorizationStub, CheckRequest, CheckResponse
+from ext_authz.core.paths import normalize_path
 from tests.stack.allow_all import grpc_serving
 from tests.stack.demo import ALICE, BOB, BOB_STATIC_TOKEN, OIDC_CLIENT_ID, Stack
 from tests.stack.extauthz import AUTHORIZATION_SERVICE
@@ -119,7 +121,8 @@ HOST_CHOICES = [
 ]  # fmt: skip
 PATH_CHOICES = [
     "/", "/public/", "/public/x", "/public", "/publicity", "//public/", "/%70ublic/x",
-    "/public/../secret", "/x/public/", PING, PING + "/", "/outpost.goauthentik.io/start",
+    "/public/../secret", "/public/%2e%2e/x", "/public/..;/x", "/public/..%2fx",
+    "/secret/../public/x", "/x/public/", PING, PING + "/", "/outpost.goauthentik.io/start",
     "/outpost.goauthentik.io/start?rd=https://evil.com", "/outpost.goauthentik.io/callback",
     "/outpost.goauthentik.io/callback?code=x&state=y", "/outpost.goauthentik.io/sign_out",
     "/outpost.goauthentik.io/", "/x?X-authentik-auth-callback=true&code=1&state=2",
@@ -206,8 +209,11 @@ def may_allow(case: dict[str, Any]) -> bool:
     path = case["path"].partition("?")[0] or "/"
     if path.rstrip("/") == PING:
         return True
+    # Skip paths are judged on the normalised path (SPEC §4 step 6): `//public/` is a
+    # skip path, `/public/../secret` is not, and a path with no safe normal form never is.
+    normal = normalize_path(path)
     for app in applications_for(case["host"], case["context"]):
-        if any(p.search(path) for p in SKIP[app]):
+        if normal is not None and any(p.search(normal) for p in SKIP[app]):
             return True
         if app in case["auth_ok"] or app in case["cookie_ok"]:
             return True

@@ -8,11 +8,14 @@ what the tests check.
   IdP password ALICE.idp_password, app password "alice-app-password".
 - bob: in `devs`, no attributes, app password "bob-app-password", static bearer
   token "bob-static-token" (directory only).
+- carol: in `devs` and `admins`, her own upstream attributes, and additionalHeaders
+  X-Team (declared), X-Floor (not declared) and names that may never be sent.
 - application `whoami` (http://whoami.localhost:<envoy port>): no OIDC; Basic and
   Bearer verified against the directory; `^/public/` needs no authentication.
 - application `app` (http://app.localhost:<envoy port>), only with an IdP: OIDC client
   `whoami-oidc` at the IdP (client_secret_post), browser sign-in, Basic verified
   authentik-style (app passwords at the IdP), Bearer JWT/introspection.
+- both declare X-Team in `send.additional_headers`.
 """
 
 from __future__ import annotations
@@ -76,7 +79,9 @@ BOB = DemoUser(
     tokens=("bob-static-token",),
 )
 # Carol sets both upstream attributes herself (they override her groups'), is in two
-# groups, and asks for an extra upstream header (one that may not override ours).
+# groups, and asks for extra upstream headers: X-Team, which both applications declare
+# (send.additional_headers), X-Floor, which none does, and names that may never be
+# sent (ours, in any spelling, and authorization).
 CAROL = DemoUser(
     username="carol",
     email="carol@example.com",
@@ -89,12 +94,16 @@ CAROL = DemoUser(
         "app_password": "pässwörd:with:colons",
         "additionalHeaders": {
             "X-Team": "blue",
+            "X-Floor": "3",
             "Authorization": "Basic ZXZpbDpldmls",
             "X-authentik-username": "root",
+            "x_authentik_username": "root",
         },
     },
 )
 USERS: tuple[DemoUser, ...] = (ALICE, BOB, CAROL)
+# The additionalHeaders names both applications declare (send.additional_headers).
+ADDITIONAL_HEADERS = ("X-Team",)
 BOB_STATIC_TOKEN = "bob-static-token"
 
 OIDC_CLIENT_ID = "whoami-oidc"
@@ -220,6 +229,7 @@ def whoami_app(envoy_port: int) -> dict[str, Any]:
             "basic": {"enabled": True, "verify": "directory"},
             "bearer": {"enabled": True, "verify": "directory"},
         },
+        "send": {"additional_headers": list(ADDITIONAL_HEADERS)},
     }
 
 
@@ -234,6 +244,7 @@ def oidc_app(envoy_port: int, issuer: str, name: str = "app") -> dict[str, Any]:
             "client_secret": OIDC_CLIENT_SECRET,
             "client_auth": "client_secret_post",
         },
+        "send": {"additional_headers": list(ADDITIONAL_HEADERS)},
     }
 
 

@@ -160,6 +160,15 @@ def test_minimal_config_takes_the_documented_defaults() -> None:
         "",
     )
     assert send.identity_headers is True and send.strip_session_cookie is True
+    assert send.additional_headers == () and send.declared_headers == frozenset()
+
+
+def test_additional_headers_are_stored_lower_case_once() -> None:
+    data = base()
+    data["applications"][0]["send"] = {"additional_headers": ["X-Team", "x-team", "X-Floor"]}
+    send = parse_settings(data, {}).applications[0].send
+    assert send.additional_headers == ("x-team", "x-floor")
+    assert send.declared_headers == frozenset({"x-team", "x-floor"})
 
 
 def test_defaults_without_oidc_are_directory_even_in_a_partial_section() -> None:
@@ -563,6 +572,37 @@ BROKEN = [
         "scopes without openid",
         [_set("applications.0.oidc.scopes", ["profile"])],
         "applications[0].oidc.scopes: must include openid",
+    ),
+    (
+        "additional header with an underscore",
+        [_set("applications.1.send", {"additional_headers": ["X-Team", "X_Team"]})],
+        "applications[1].send.additional_headers[1]: 'X_Team' must not contain '_'",
+    ),
+    (
+        "additional header that is ours",
+        [_set("applications.0.send", {"additional_headers": ["X-authentik-username"]})],
+        "applications[0].send.additional_headers[0]: 'X-authentik-username' is one of",
+    ),
+    (
+        "additional header that is a credential",
+        [_set("applications.0.send", {"additional_headers": ["authorization"]})],
+        "applications[0].send.additional_headers[0]: 'authorization' is a credential",
+    ),
+    (
+        "additional header that is hop-by-hop",
+        [_set("applications.0.send", {"additional_headers": ["Connection"]})],
+        "applications[0].send.additional_headers[0]: 'Connection' is a credential, framing or "
+        "hop-by-hop header",
+    ),
+    (
+        "additional header that is not a token",
+        [_set("applications.0.send", {"additional_headers": ["X Team"]})],
+        "applications[0].send.additional_headers[0]: 'X Team' is not a header name",
+    ),
+    (
+        "additional headers not a list",
+        [_set("applications.0.send", {"additional_headers": "X-Team"})],
+        "applications[0].send.additional_headers: must be a list",
     ),
 ]
 

@@ -63,17 +63,43 @@ def test_get_cookie(header: str | None, name: str, expected: str | None) -> None
     ("header", "names", "expected"),
     [
         pytest.param(None, {"s"}, None, id="no-header"),
+        pytest.param("", {"s"}, "", id="empty-untouched"),
         pytest.param("s=1", {"s"}, None, id="nothing-left"),
         pytest.param("s=1; s_login=2", {"s", "s_login"}, None, id="nothing-left-two"),
+        pytest.param("s=1;", {"s"}, None, id="only-a-separator-left"),
         pytest.param("a=1; s=2; b=3", {"s"}, "a=1; b=3", id="middle"),
-        pytest.param("a=1,s=2,b=3", {"s"}, "a=1; b=3", id="comma-form"),
+        pytest.param("s=2; a=1", {"s"}, "a=1", id="first"),
+        pytest.param("a=1; s=2", {"s"}, "a=1", id="last"),
+        pytest.param("a=1 ; s=2 ", {"s"}, "a=1", id="last-with-spaces"),
+        pytest.param("a=1,s=2,b=3", {"s"}, "a=1,b=3", id="comma-form-kept"),
+        pytest.param("a=1,s=2; b=3", {"s"}, "a=1,b=3", id="header-join-wins-before"),
+        pytest.param("a=1; s=2,b=3", {"s"}, "a=1,b=3", id="header-join-wins-after"),
         pytest.param("s=1; a=1,s=3", {"s"}, "a=1", id="repeated-all-removed"),
-        pytest.param("a=1; b=2", {"s"}, "a=1; b=2", id="untouched"),
+        pytest.param("a=1; s=1; s=2; b=2", {"s"}, "a=1; b=2", id="two-in-a-row"),
         pytest.param("sx=1; s=2", {"s"}, "sx=1", id="exact-names-only"),
+        pytest.param("S=1; s=2", {"s"}, "S=1", id="names-are-case-sensitive"),
+        # Untouched, the same object: not a byte changes when nothing is ours.
+        pytest.param("a=1; b=2", {"s"}, "a=1; b=2", id="untouched"),
+        pytest.param('c=3,4; b="2"', {"s"}, 'c=3,4; b="2"', id="untouched-comma-and-quotes"),
+        pytest.param("s; a=1", {"s"}, "s; a=1", id="name-without-equals-is-not-a-cookie"),
+        pytest.param("a=s=1", {"s"}, "a=s=1", id="name-in-a-value"),
+        # Byte for byte around what goes.
+        pytest.param('c=3,4; s=x; b="2"', {"s"}, 'c=3,4; b="2"', id="comma-in-a-value"),
+        pytest.param('s=x; b="2"', {"s"}, 'b="2"', id="quotes-kept"),
+        pytest.param("a=1;s=2;  b=3", {"s"}, "a=1;b=3", id="spacing-of-the-kept-separator"),
+        pytest.param("a=1;  s=2;b=3", {"s"}, "a=1;  b=3", id="spacing-kept-after-a"),
+        pytest.param("flag; s=2; x", {"s"}, "flag; x", id="pieces-without-equals-kept"),
+        pytest.param("a=1;;s=2;;b=3", {"s"}, "a=1;;;b=3", id="empty-pieces-kept"),
+        pytest.param(" s=1 ;\tb=2 ", {"s"}, "b=2 ", id="tab-and-spaces"),
     ],
 )
 def test_strip_cookies(header: str | None, names: set[str], expected: str | None) -> None:
     assert strip_cookies(header, names) == expected
+
+
+@pytest.mark.parametrize("header", ["a=1; b=2", 'c=3,4; b="2"', "x", ""])
+def test_strip_cookies_returns_the_header_itself_when_nothing_is_ours(header: str) -> None:
+    assert strip_cookies(header, frozenset({"s", "s_login"})) is header
 
 
 def _attributes(set_cookie: str) -> tuple[str, list[str]]:

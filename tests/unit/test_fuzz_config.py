@@ -102,6 +102,7 @@ KNOWN_KEYS = (
     "username_attribute",
     "password_attribute",
     "identity_headers",
+    "additional_headers",
     "strip_session_cookie",
 )
 DURATION_KEYS = frozenset(

@@ -18,8 +18,9 @@ from ext_authz.core.credentials import (
 )
 from ext_authz.core.decision import Allow
 from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable
+from ext_authz.core.paths import normalize_path
 from ext_authz.core.steps import Facts, credential_for, decide
-from ext_authz.core.upstream import identity_headers, upstream_basic
+from ext_authz.core.upstream import additional_header_problem, identity_headers, upstream_basic
 from tests.unit.conftest import make_app
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -71,6 +72,48 @@ def test_parse_cookies_never_raises(value: str | None) -> None:
     strip_cookies(value, {"authentik_proxy_0123abcd"})
 
 
+OURS = frozenset({"authentik_proxy_0123abcd", "authentik_proxy_0123abcd_login", "s"})
+COOKIE_PIECES = st.lists(
+    st.one_of(
+        st.sampled_from(sorted(OURS)).map(lambda n: n + "="),
+        st.sampled_from([";", ",", "; ", " ", "\t", "=", '"', "a=1", 'b="2"', "c=3,4", "flag"]),
+        st.text(max_size=4),
+    ),
+    max_size=12,
+).map("".join)
+SPLIT = re.compile(r"[;,]")
+
+
+def _named(piece: str) -> bool:
+    name, eq, _ = piece.strip(" \t").partition("=")
+    return bool(eq) and name in OURS
+
+
+def _is_subsequence(small: str, big: str) -> bool:
+    rest = iter(big)
+    return all(char in rest for char in small)
+
+
+@FAST
+@given(st.one_of(COOKIE_PIECES, ANY_TEXT))
+def test_strip_cookies_removes_only_our_pairs(header: str) -> None:
+    """The output is the input with only our cookies' pieces (and one separator each,
+    with the whitespace around it) taken out; nothing is ever added or changed."""
+    stripped = strip_cookies(header, OURS)
+    pieces = SPLIT.split(header)
+    if not any(_named(p) for p in pieces):
+        assert stripped is header  # untouched
+        return
+    kept = [p.strip(" \t") for p in pieces if not _named(p)]
+    if stripped is None:
+        assert not any(kept)  # at most empty pieces were left
+        return
+    assert _is_subsequence(stripped, header)
+    assert [p.strip(" \t") for p in SPLIT.split(stripped)] == kept
+    assert parse_cookies(stripped) == [(n, v) for n, v in parse_cookies(header) if n not in OURS]
+    assert strip_cookies(stripped, OURS) is stripped
+
+
 # --- decide: no verified credential and no session means no Allow ------------------------------
 
 APPS = [
@@ -116,8 +159,12 @@ HEADER_VALUES = st.one_of(
 )
 PATHS = st.one_of(
     st.sampled_from(["/", "/page", "/publicx", "/x/public/", "/outpost.goauthentik.io/ping"]),
+    # Paths that look as if they were under the skip path /public/ but are not.
+    st.sampled_from(["/public/../", "/public/%2e%2e/", "/public/..;/", "/public/..%2f"]).flatmap(
+        lambda prefix: st.text(max_size=10).map(lambda rest: prefix + rest)
+    ),
     st.text(max_size=40).map(lambda s: "/" + s),
-).filter(lambda p: not p.startswith("/public/"))
+).filter(lambda p: not (normalize_path(p) or "").startswith("/public/"))
 
 
 @FAST
@@ -144,7 +191,8 @@ def test_decide_never_allows_without_session_or_verified_credential(
     store_down: bool,
 ) -> None:
     application = APPS[app_index]
-    assert not any(p.search(path) for p in application.skip_paths)
+    normal = normalize_path(path)
+    assert normal is None or not any(p.search(normal) for p in application.skip_paths)
     request = AuthRequest(
         has_http=True,
         method=method,
@@ -225,6 +273,49 @@ def test_identity_headers_never_carry_cr_lf_nul(
         assert UNSAFE.search(value) is None
         assert UNSAFE.search(name) is None
         value.encode("utf-8")  # every value has a UTF-8 form for the wire
+
+
+HEADER_NAMES_IN_ATTRIBUTES = st.one_of(
+    st.sampled_from(
+        ["X-Team", "x-team", "X_Team", "X-Floor", "x_authentik_username", "X-authentik-uid",
+         "Authorization", "cookie", "bad name", "x-level"]
+    ),
+    st.text(max_size=12),
+)  # fmt: skip
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+@FAST
+@given(
+    st.dictionaries(HEADER_NAMES_IN_ATTRIBUTES, STRINGS, max_size=6),
+    st.sets(st.sampled_from(["x-team", "x-floor", "x-level"])),
+)
+def test_additional_headers_set_only_declared_names(
+    extra: dict[str, str], declared: set[str]
+) -> None:
+    who = Identity(sub="u", attributes={"additionalHeaders": extra})
+    built = identity_headers(who, app_name="a", provider="p", declared=declared)
+    ours = {n.lower() for n, _ in identity_headers(Identity(sub="u"), app_name="a", provider="p")
+            .headers}  # fmt: skip
+    extra_sent = [name for name, _ in built.headers if name.lower() not in ours]
+    assert all(name.lower() in declared for name in extra_sent)
+    assert all("_" not in name for name, _ in built.headers)
+    # Every header name of the attributes is sent, dropped as unsafe, reported as
+    # undeclared, or a second spelling of a sent one; never two of these.
+    tokens = [name for name in extra if TOKEN.fullmatch(name)]
+    assert sorted(built.undeclared) == sorted(n for n in tokens if n.lower() not in declared)
+    for name in tokens:
+        fates = (name in extra_sent) + (name in built.dropped) + (name in built.undeclared)
+        assert fates <= 1
+
+
+@FAST
+@given(st.one_of(HEADER_NAMES_IN_ATTRIBUTES, ANY_TEXT))
+def test_a_declarable_header_name_is_a_plain_token(name: str) -> None:
+    if additional_header_problem(name) is None:
+        assert TOKEN.fullmatch(name) and "_" not in name
+        assert not name.lower().startswith(("x-authentik-", "x-envoy-"))
+        assert name.lower() not in {"authorization", "cookie", "host", "connection"}
 
 
 BASIC_VALUE = re.compile(r"^Basic [A-Za-z0-9+/]*=*$")

@@ -560,3 +560,21 @@ def test_stale_cookie_is_expired_when_no_session_can_replace_it() -> None:
     assert isinstance(answer, Allow)
     cookies = [v for k, v in answer.response_headers if k == "set-cookie"]
     assert len(cookies) == 1 and "Max-Age=0" in cookies[0]
+
+
+def test_undeclared_additional_headers_are_logged_by_name_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    carol = Identity(
+        sub="carol",
+        preferred_username="carol",
+        attributes={"additionalHeaders": {"X-Floor": "secret-floor", "X-authentik-uid": "0"}},
+    )
+    svc, _ = service(basic=CountingVerifier(Verified(carol)))
+    with caplog.at_level("WARNING", logger="ext_authz"):
+        allowed = run(svc.check(request(authorization=basic_header("carol", "pw"))))
+    assert isinstance(allowed, Allow)
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("additional header")]
+    assert line.headers == ["X-Floor", "X-authentik-uid"]  # type: ignore[attr-defined]
+    assert line.app == APP.name and line.request_id == "rid-1"  # type: ignore[attr-defined]
+    assert "secret-floor" not in caplog.text

@@ -22,6 +22,7 @@ from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, V
 from ext_authz.core.steps import (
     Facts,
     StartLogin,
+    cookie_names,
     credential_for,
     decide,
     is_browser_navigation,
@@ -397,6 +398,35 @@ def test_skip_path_allow(intercept: bool, removed: bool) -> None:
     assert "authorization" not in dict(decision.set_headers)
 
 
+@pytest.mark.parametrize(
+    ("path", "skipped"),
+    [
+        pytest.param("/public/x", True, id="public"),
+        pytest.param("/public//x", True, id="double-slash"),
+        pytest.param("/public/a%2e", True, id="encoded-dot-in-a-name"),
+        pytest.param("/secret/../public/x", True, id="dot-dot-into-public"),
+        pytest.param("/healthz;jsessionid=1", True, id="parameter-cut"),
+        pytest.param("/public/../secret", False, id="dot-dot"),
+        pytest.param("/public/x/../../secret", False, id="dot-dot-twice"),
+        pytest.param("/public/%2e%2e/secret", False, id="encoded-dot-dot"),
+        pytest.param("/public/..%2fsecret", False, id="encoded-slash"),
+        pytest.param("/public/..%5Csecret", False, id="encoded-backslash"),
+        pytest.param("/public/..;/secret", False, id="dot-dot-semicolon"),
+        pytest.param("/public/\\..\\secret", False, id="backslash"),
+        pytest.param("/public/%00", False, id="nul"),
+        pytest.param("/public/%zz", False, id="invalid-escape"),
+        pytest.param("/../public/x", False, id="above-the-root"),
+        pytest.param("/healthz/..", False, id="healthz-directory-is-root"),
+    ],
+)
+def test_skip_regex_is_searched_in_the_normalised_path(path: str, skipped: bool) -> None:
+    decision = run(req(path, headers={"accept": "application/json"}), app(unauthenticated="deny"))
+    if skipped:
+        assert isinstance(decision, Allow) and decision.method == "skip"
+    else:
+        assert isinstance(decision, Deny) and decision.status == 401
+
+
 def test_client_authentik_headers_removed_or_overwritten_on_authenticated_allow() -> None:
     request = req(
         headers={
@@ -447,6 +477,87 @@ def test_unsafe_identity_values_are_dropped_and_reported() -> None:
     assert decision.dropped_headers == ("X-authentik-name",)
     assert "X-authentik-name" not in dict(decision.set_headers)
     assert "x-authentik-name" in decision.remove_headers  # the client's copy goes too
+
+
+# --- additionalHeaders: declared names only (SPEC §7) ---------------------------------------
+
+TEAM_APP = app(send={"additional_headers": ["X-Team"]})
+SPOOFED = {"x-team": "red", "x_team": "red", "X_TEAM": "red", "x-teams": "kept"}
+
+
+def with_team(value: object) -> Identity:
+    return Identity(sub="u1", preferred_username="carol", attributes={"additionalHeaders": value})
+
+
+@pytest.mark.parametrize(
+    ("path", "session", "sent", "removed"),
+    [
+        pytest.param(
+            "/page",
+            with_team({"X-Team": "blue"}),
+            {"X-Team": "blue"},
+            {"x_team", "X_TEAM"},  # x-team itself is overwritten, not removed
+            id="declared-value-overwrites",
+        ),
+        pytest.param(
+            "/page", with_team({}), {}, {"x-team", "x_team", "X_TEAM"}, id="identity-has-none"
+        ),
+        pytest.param(
+            "/page",
+            with_team({"X-Team": ""}),
+            {},
+            {"x-team", "x_team", "X_TEAM"},
+            id="empty-value",
+        ),
+        pytest.param(
+            "/page",
+            with_team({"X-Team": "blue\r\nX-Admin: 1"}),
+            {},
+            {"x-team", "x_team", "X_TEAM"},
+            id="unsafe-value",
+        ),
+        pytest.param(
+            "/page",
+            with_team({"X-Team": 5}),
+            {},
+            {"x-team", "x_team", "X_TEAM"},
+            id="not-a-string",
+        ),
+        pytest.param("/public/x", None, {}, {"x-team", "x_team", "X_TEAM"}, id="skip-path"),
+    ],
+)
+def test_client_copies_of_declared_headers_never_pass(
+    path: str, session: Identity | None, sent: dict[str, str], removed: set[str]
+) -> None:
+    decision = run(req(path, headers=SPOOFED), TEAM_APP, session=session)
+    assert isinstance(decision, Allow)
+    team = {n: v for n, v in decision.set_headers if n.lower().replace("_", "-") == "x-team"}
+    assert team == sent
+    assert {n for n in decision.remove_headers if n != "x-teams"} >= removed
+    assert "x-teams" not in decision.remove_headers
+    if sent:
+        assert "x-team" not in decision.remove_headers  # would drop our own value
+
+
+def test_undeclared_additional_headers_are_not_sent_and_reported() -> None:
+    carol = with_team({"X-Team": "blue", "X-Floor": "3", "x_authentik_username": "root"})
+    decision = run(req(headers={"x-floor": "9"}), TEAM_APP, session=carol)
+    assert isinstance(decision, Allow)
+    assert dict(decision.set_headers)["X-Team"] == "blue"
+    assert "X-Floor" not in dict(decision.set_headers)
+    assert "x_authentik_username" not in dict(decision.set_headers)
+    assert dict(decision.set_headers)["X-authentik-username"] == "carol"
+    assert decision.undeclared_headers == ("X-Floor", "x_authentik_username")
+    # Undeclared names are not ours to police: a client's own X-Floor passes.
+    assert "x-floor" not in decision.remove_headers
+
+
+def test_nothing_declared_sends_no_additional_header() -> None:
+    decision = run(req(headers={"x-team": "red"}), session=with_team({"X-Team": "blue"}))
+    assert isinstance(decision, Allow)
+    assert "X-Team" not in dict(decision.set_headers)
+    assert "x-team" not in decision.remove_headers  # not declared: not ours to police
+    assert decision.undeclared_headers == ("X-Team",)
 
 
 @pytest.mark.parametrize(
@@ -502,6 +613,46 @@ def test_strip_session_cookie(cookie: str, set_to: str | None, removed: bool) ->
     assert isinstance(decision, Allow)
     assert dict(decision.set_headers).get("cookie") == set_to
     assert ("cookie" in decision.remove_headers) is removed
+
+
+OTHER = app(name="other", external_host="https://other.example.com", oidc=False)
+
+
+@pytest.mark.parametrize(
+    ("cookie", "set_to", "removed"),
+    [
+        pytest.param(
+            'c=3,4; {o}=theirs; b="2"; {s}=sess; {ol}=login',
+            'c=3,4; b="2"',
+            False,
+            id="every-applications-cookies-go-the-rest-byte-for-byte",
+        ),
+        pytest.param("{o}=theirs", None, True, id="only-another-applications"),
+        pytest.param("{o}x=1; x{o}=2", None, False, id="similar-names-untouched"),
+        pytest.param('c=3,4; b="2"', None, False, id="nothing-ours-untouched"),
+    ],
+)
+def test_strip_every_applications_cookies(cookie: str, set_to: str | None, removed: bool) -> None:
+    header = cookie.format(s=APP.cookie_name, o=OTHER.cookie_name, ol=login_cookie_name(OTHER))
+    names = cookie_names((APP, OTHER))
+    assert names == {
+        APP.cookie_name,
+        login_cookie_name(APP),
+        OTHER.cookie_name,
+        login_cookie_name(OTHER),
+    }
+    for session in (ALICE, None):  # an authenticated request, and one on a skip path
+        decision = decide(
+            Facts(
+                request=req("/page" if session else "/public/x", headers={"cookie": header}),
+                app=APP,
+                session=session,
+                cookie_names=names,
+            )
+        )
+        assert isinstance(decision, Allow)
+        assert dict(decision.set_headers).get("cookie") == set_to
+        assert ("cookie" in decision.remove_headers) is removed
 
 
 def test_strip_session_cookie_off_leaves_the_cookie() -> None:

@@ -10,7 +10,9 @@ import pytest
 from ext_authz.core.claims import merge_attributes
 from ext_authz.core.model import Identity
 from ext_authz.core.upstream import (
+    additional_header_problem,
     client_authentik_headers,
+    client_declared_headers,
     identity_headers,
     is_safe_header_value,
     upstream_basic,
@@ -219,11 +221,56 @@ def test_is_safe_header_value(value: str, safe: bool) -> None:
     assert is_safe_header_value(value) is safe
 
 
-def test_additional_headers_are_added() -> None:
+def test_declared_additional_headers_are_added() -> None:
     who = identity(attributes={"additionalHeaders": {"X-Team": "blue", "X-Level": "3"}})
-    headers = dict(identity_headers(who, app_name="a", provider="p").headers)
+    built = identity_headers(who, app_name="a", provider="p", declared={"x-team", "x-level"})
+    headers = dict(built.headers)
     assert headers["X-Team"] == "blue"
     assert headers["X-Level"] == "3"
+    assert built.undeclared == ()
+
+
+@pytest.mark.parametrize(
+    ("extra", "declared", "sent", "undeclared"),
+    [
+        pytest.param({"X-Team": "blue"}, set(), {}, ("X-Team",), id="nothing-declared"),
+        pytest.param(
+            {"X-Team": "blue", "X-Floor": "3"},
+            {"x-team"},
+            {"X-Team": "blue"},
+            ("X-Floor",),
+            id="only-the-declared-one",
+        ),
+        pytest.param({"x-TEAM": "blue"}, {"x-team"}, {"x-TEAM": "blue"}, (), id="any-case"),
+        pytest.param(
+            {"X_Team": "blue"}, {"x-team"}, {}, ("X_Team",), id="underscore-spelling-is-another"
+        ),
+        pytest.param(
+            {"x_authentik_username": "root", "X_authentik_uid": "0"},
+            {"x-team"},
+            {},
+            ("x_authentik_username", "X_authentik_uid"),
+            id="our-names-with-underscores",
+        ),
+        pytest.param(
+            {"X-authentik-username": "root", "Authorization": "Basic eDp5"},
+            {"x-team"},
+            {},
+            ("X-authentik-username", "Authorization"),
+            id="ours-and-authorization",
+        ),
+    ],
+)
+def test_only_declared_additional_headers_are_sent(
+    extra: dict[str, str], declared: set[str], sent: dict[str, str], undeclared: tuple[str, ...]
+) -> None:
+    who = identity(preferred_username="alice", attributes={"additionalHeaders": extra})
+    built = identity_headers(who, app_name="a", provider="p", declared=declared)
+    ours = {n for n, _ in identity_headers(identity(), app_name="a", provider="p").headers}
+    assert {n: v for n, v in built.headers if n not in ours} == sent
+    assert dict(built.headers)["X-authentik-username"] == "alice"
+    assert built.undeclared == undeclared
+    assert built.dropped == ()
 
 
 @pytest.mark.parametrize(
@@ -247,8 +294,9 @@ def test_additional_headers_are_added() -> None:
     ],
 )
 def test_additional_headers_cannot_override_ours_or_reserved(name: str) -> None:
+    # Even declared (the config refuses these names; a caller might not check).
     who = identity(preferred_username="alice", attributes={"additionalHeaders": {name: "evil"}})
-    built = identity_headers(who, app_name="a", provider="p")
+    built = identity_headers(who, app_name="a", provider="p", declared={name.lower()})
     assert all(value != "evil" for _, value in built.headers)
     assert dict(built.headers)["X-authentik-username"] == "alice"
 
@@ -266,7 +314,10 @@ def test_additional_headers_values(
     extra: dict[Any, Any], kept: dict[str, str], dropped: tuple[str, ...]
 ) -> None:
     built = identity_headers(
-        identity(attributes={"additionalHeaders": extra}), app_name="a", provider="p"
+        identity(attributes={"additionalHeaders": extra}),
+        app_name="a",
+        provider="p",
+        declared={"x-ok", "x-bad", "x-num", "x-a"},
     )
     ours = {n for n, _ in identity_headers(identity(), app_name="a", provider="p").headers}
     assert {n: v for n, v in built.headers if n not in ours} == kept
@@ -312,6 +363,65 @@ def test_additional_headers_not_a_mapping_is_ignored(additional: Any) -> None:
 )
 def test_client_authentik_headers(name: str, spoofable: bool) -> None:
     assert client_authentik_headers([name, "accept"]) == ([name] if spoofable else [])
+
+
+@pytest.mark.parametrize(
+    ("name", "copy"),
+    [
+        pytest.param("x-team", True, id="lower"),
+        pytest.param("X-Team", True, id="title"),
+        pytest.param("X_Team", True, id="underscore"),
+        pytest.param("x_TEAM", True, id="underscore-upper"),
+        pytest.param("x-teams", False, id="longer"),
+        pytest.param("team", False, id="shorter"),
+        pytest.param("x--team", False, id="doubled-dash"),
+        pytest.param("x-floor", False, id="not-declared"),
+    ],
+)
+def test_client_declared_headers(name: str, copy: bool) -> None:
+    names = [name, "accept", "x-authentik-uid"]
+    assert client_declared_headers(names, frozenset({"x-team"})) == ([name] if copy else [])
+
+
+def test_client_declared_headers_without_declarations() -> None:
+    assert client_declared_headers(["x-team", "X_Team"], frozenset()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        pytest.param("X-Team", None, id="ok"),
+        pytest.param("x-forwarded-user", None, id="ok-forwarded-user"),
+        pytest.param("X-authentikate", None, id="ok-longer-word"),
+        pytest.param("X_Team", "must not contain '_'", id="underscore"),
+        pytest.param("x_authentik_username", "must not contain '_'", id="ours-underscored"),
+        pytest.param("X-authentik-username", "X-authentik-*", id="ours"),
+        pytest.param("x-authentik-anything", "X-authentik-*", id="our-prefix"),
+        pytest.param("x-envoy-original-path", "Envoy", id="envoy"),
+        pytest.param("Authorization", "credential", id="authorization"),
+        pytest.param("proxy-authorization", "credential", id="proxy-authorization"),
+        pytest.param("Cookie", "credential", id="cookie"),
+        pytest.param("Host", "credential", id="host"),
+        pytest.param("Content-Length", "framing", id="content-length"),
+        pytest.param("Connection", "hop-by-hop", id="connection"),
+        pytest.param("keep-alive", "hop-by-hop", id="keep-alive"),
+        pytest.param("TE", "hop-by-hop", id="te"),
+        pytest.param("Trailer", "hop-by-hop", id="trailer"),
+        pytest.param("Transfer-Encoding", "hop-by-hop", id="transfer-encoding"),
+        pytest.param("Upgrade", "hop-by-hop", id="upgrade"),
+        pytest.param("X Team", "token", id="space"),
+        pytest.param("X-Team:", "token", id="colon"),
+        pytest.param(":authority", "token", id="pseudo-header"),
+        pytest.param("", "token", id="empty"),
+        pytest.param("X-Téam", "token", id="non-ascii"),
+    ],
+)
+def test_additional_header_problem(name: str, problem: str | None) -> None:
+    found = additional_header_problem(name)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
 
 
 def test_client_authentik_headers_keeps_names_as_given_and_order() -> None:
