@@ -238,9 +238,12 @@ def traefik_for(stack: Stack, app: str = "app") -> Any:
     )
 
 
-def test_traefik_replay_allows_with_identity_and_drops_spoofed_headers(envoy_http: Stack) -> None:
+def test_traefik_replay_allows_with_identity_and_drops_spoofed_headers(make_stack: Any) -> None:
     from tests.stack.traefik import ClientRequest
 
+    # A stack of its own: the session below is made only when this replica verifies
+    # the credential itself (a session per verification, not per request).
+    envoy_http: Stack = make_stack(front="envoy-http", config_overrides=SEND_BASIC, fresh=True)
     traefik = traefik_for(envoy_http)
     sent, outcome = traefik.forward_auth(
         ClientRequest(
