@@ -76,7 +76,11 @@ def build(settings: Settings, metrics: Metrics) -> Components:
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         headers={"user-agent": "ext-authz"},
     )
-    directory = DirectoryVerifier(settings.directory) if settings.directory is not None else None
+    directory = (
+        DirectoryVerifier(settings.directory, secret=secret)
+        if settings.directory is not None
+        else None
+    )
     oidc_clients: dict[str, OIDCClient] = {}
     runtimes = []
     for app in settings.applications:
@@ -93,10 +97,18 @@ def build(settings: Settings, metrics: Metrics) -> Components:
             )
         )
     service = CheckService(
-        runtimes, sessions=sessions, credentials=credentials, logins=logins, metrics=metrics
+        runtimes,
+        sessions=sessions,
+        credentials=credentials,
+        logins=logins,
+        metrics=metrics,
     )
     return Components(
-        service=service, store=store, http=http, oidc_clients=oidc_clients, sessions=sessions
+        service=service,
+        store=store,
+        http=http,
+        oidc_clients=oidc_clients,
+        sessions=sessions,
     )
 
 

@@ -1,9 +1,17 @@
 """Local identities from the configuration's `directory` (SPEC §3, §5 `directory`).
 
 Verifies Basic passwords against a user's `app_passwords` and bearer tokens against
-every user's `tokens`, all argon2id hashes. argon2 is deliberately slow, so each
+the users' `tokens`, all argon2id hashes. argon2 is deliberately slow, so each
 verification runs in a worker thread (`asyncio.to_thread`) and the event loop keeps
 serving other checks meanwhile.
+
+Cost (SPEC §5 "Cost and abuse"): one unknown credential costs at most one argon2 run,
+whatever the size of the directory.
+- A static token is found by the keyed digest its hash carries as salt
+  (`ext_authz.crypto`): a token no hash was made for costs one HMAC and no argon2 run;
+  a configured one exactly one run.
+- A Basic password is checked against that user's own hashes only, each in constant
+  time (argon2's comparison) and all of them, so the time does not say which matched.
 
 Timing: an unknown username still costs one argon2 verification, against a dummy
 hash made with the same parameters as the configured hashes, so response times do
@@ -14,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +30,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from ext_authz.core.claims import merge_attributes
 from ext_authz.core.model import Identity, Rejected, Verified, VerifyOutcome
+from ext_authz.crypto import token_hash_salt, token_lookup_salt
 
 if TYPE_CHECKING:
     from ext_authz.config import Directory, DirectoryUser
@@ -30,17 +38,34 @@ if TYPE_CHECKING:
 __all__ = ["DirectoryVerifier"]
 
 _DUMMY_PASSWORD = "ext-authz: a password no user has"
+PROVIDER = "directory"
 
 
 class DirectoryVerifier:
     """Basic passwords and static bearer tokens of the configured directory users."""
 
-    def __init__(self, directory: Directory, *, provider: str = "directory") -> None:
+    def __init__(
+        self,
+        directory: Directory,
+        *,
+        secret: bytes,
+        provider: str = PROVIDER,
+    ) -> None:
         self._provider = provider
+        self._secret = secret
         self._users: dict[str, DirectoryUser] = {u.username: u for u in directory.users}
         self._group_attributes: dict[str, dict[str, Any]] = {
             name: dict(group.attributes) for name, group in directory.groups.items()
         }
+        # Static tokens by the lookup key their hash carries as salt. The config refuses
+        # hashes made otherwise, and a token configured twice.
+        self._tokens: dict[bytes, tuple[DirectoryUser, str]] = {}
+        for user in directory.users:
+            for item in user.tokens:
+                hashed = item.get_secret_value()
+                salt = token_hash_salt(hashed)
+                if salt is not None:
+                    self._tokens.setdefault(salt, (user, hashed))
         self._hasher = PasswordHasher()
         self._dummy: str | None = None
         self._dummy_lock = threading.Lock()
@@ -53,39 +78,36 @@ class DirectoryVerifier:
         user = self._users.get(username)
         hashes = [h.get_secret_value() for h in user.app_passwords] if user is not None else []
         matched = await asyncio.to_thread(self._check_password, hashes, password)
-        if user is None or not matched:
+        if user is None or matched is None:
             return Rejected("invalid credentials")
         return Verified(self._identity(user), ttl=None)
 
     async def verify_token(self, token: str) -> VerifyOutcome:
         """Find the user one of whose static `tokens` this is."""
-        candidates = [
-            (user, h.get_secret_value()) for user in self._users.values() for h in user.tokens
-        ]
-        if not candidates:
+        # A dict lookup by an HMAC output: the attacker chooses the token, not its
+        # digest, so the lookup's timing tells nothing about configured tokens.
+        entry = self._tokens.get(token_lookup_salt(self._secret, token))
+        if entry is None:
             return Rejected("invalid token")
-        user = await asyncio.to_thread(self._find_token_owner, candidates, token)
-        if user is None:
+        user, hashed = entry
+        ok = await asyncio.to_thread(self._verify, hashed, token)
+        if not ok:  # an HMAC collision (or a tampered hash): the argon2 run decides
             return Rejected("invalid token")
         # A static token is no JWT: X-authentik-jwt must not carry it (token="").
         return Verified(self._identity(user), ttl=None)
 
-    def _check_password(self, hashes: list[str], password: str) -> bool:
+    # --- in a worker thread --------------------------------------------------------
+
+    def _check_password(self, hashes: list[str], password: str) -> str | None:
         if not hashes:
             self._verify(self._dummy_hash(), password)
-            return False
+            return None
         # Every hash is checked, so the time taken does not depend on which one matched.
-        results = [self._verify(h, password) for h in hashes]
-        return any(results)
-
-    def _find_token_owner(
-        self, candidates: Iterable[tuple[DirectoryUser, str]], token: str
-    ) -> DirectoryUser | None:
-        owner: DirectoryUser | None = None
-        for user, hashed in candidates:
-            if self._verify(hashed, token) and owner is None:
-                owner = user
-        return owner
+        matched = None
+        for hashed in hashes:
+            if self._verify(hashed, password) and matched is None:
+                matched = hashed
+        return matched
 
     def _verify(self, hashed: str, secret: str) -> bool:
         try:
@@ -105,6 +127,8 @@ class DirectoryVerifier:
                         pass
                 self._dummy = hasher.hash(_DUMMY_PASSWORD)
             return self._dummy
+
+    # --- identities ------------------------------------------------------------------
 
     def _identity(self, user: DirectoryUser) -> Identity:
         attributes = merge_attributes(self._group_attributes, user.groups, user.attributes)

@@ -541,12 +541,17 @@ def verifies(hasher: PasswordHasher, hashed: str, secret: str) -> bool:
 
 
 def test_compose_ext_authz_config_passes_check_config() -> None:
-    proc = check_config(COMPOSE_DIR / "ext-authz.yaml", EXT_AUTHZ_SECRET=TEST_SECRET)
+    # bob's static token hash is bound to the secret docker-compose.yml defaults to.
+    proc = check_config(COMPOSE_DIR / "ext-authz.yaml", EXT_AUTHZ_SECRET=demo.SECRET)
     assert proc.returncode == 0, proc.stderr
     effective = yaml.safe_load(proc.stdout)
     assert effective["server"]["workers"] == 1
     assert effective["store"]["url"] == "redis://redis:6379/0"
-    assert TEST_SECRET not in proc.stdout
+    assert demo.SECRET not in proc.stdout
+    # With any other secret, check-config names the token hash that could never match.
+    other = check_config(COMPOSE_DIR / "ext-authz.yaml", EXT_AUTHZ_SECRET=TEST_SECRET)
+    assert other.returncode == 2
+    assert "directory.users[1].tokens[0]: not a token hash made for this secret" in other.stderr
 
 
 # -- Istio -----------------------------------------------------------------------------

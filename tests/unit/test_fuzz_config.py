@@ -26,6 +26,10 @@ from ext_authz.errors import ConfigError
 CONFIGS = Path(__file__).parent / "configs"
 GOOD_TEXT = (CONFIGS / "good.yaml").read_text()
 GOOD: dict[str, Any] = yaml.safe_load(GOOD_TEXT)
+# The fuzzer substitutes another secret (ENVIRON), and a static token's hash is bound to
+# the secret it was made for: the mutations start from a directory without tokens.
+for _user in GOOD["directory"]["users"]:
+    _user["tokens"] = []
 # Secrets of good.yaml that check-config must never print. (Not `attr-pass-91c2`: it is
 # secret only while an application names `upstream_pw` as its password_attribute, and a
 # mutation may drop that application.)
