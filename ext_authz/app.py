@@ -17,6 +17,7 @@ from ext_authz.adapters.directory import DirectoryVerifier
 from ext_authz.adapters.oidc import OIDCClient
 from ext_authz.adapters.store_factory import open_store
 from ext_authz.errors import IdPUnavailable, StoreUnavailable
+from ext_authz.hash_pool import HashPool
 from ext_authz.metrics import Metrics
 from ext_authz.service import AppRuntime, BasicVerifier, BearerVerifier, CheckService
 from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
@@ -35,6 +36,7 @@ class Components:
     http: httpx.AsyncClient
     oidc_clients: dict[str, OIDCClient] = field(default_factory=dict)
     sessions: SessionRepository | None = None
+    hash_pool: HashPool | None = None
 
     async def start(self) -> None:
         """Background work that needs a running loop (invalidation listener)."""
@@ -60,6 +62,8 @@ class Components:
     async def close(self) -> None:
         await self.store.close()
         await self.http.aclose()
+        if self.hash_pool is not None:
+            self.hash_pool.close()
 
 
 def build(settings: Settings, metrics: Metrics) -> Components:
@@ -76,8 +80,10 @@ def build(settings: Settings, metrics: Metrics) -> Components:
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         headers={"user-agent": "ext-authz"},
     )
+    # Password hashing gets its own bounded, fair pool (SPEC §5 "Cost and abuse").
+    hash_pool = HashPool()
     directory = (
-        DirectoryVerifier(settings.directory, secret=secret)
+        DirectoryVerifier(settings.directory, secret=secret, pool=hash_pool)
         if settings.directory is not None
         else None
     )
@@ -109,6 +115,7 @@ def build(settings: Settings, metrics: Metrics) -> Components:
         http=http,
         oidc_clients=oidc_clients,
         sessions=sessions,
+        hash_pool=hash_pool,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +32,7 @@ from ext_authz.core.decision import Allow, Deny, deny_no_http, not_found_app, un
 from ext_authz.core.login import safe_return_url
 from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
 from ext_authz.errors import StoreUnavailable
+from ext_authz.hash_pool import requester
 from ext_authz.logs import event
 from ext_authz.signin import BrowserSignIn
 
@@ -79,6 +81,7 @@ class CheckService:
         self._clock = clock
         self._signin = BrowserSignIn(sessions=sessions, logins=logins, metrics=metrics, clock=clock)
         self._inflight: dict[tuple[str, str], asyncio.Future[VerifyOutcome]] = {}
+        self._waiting: dict[asyncio.Future[VerifyOutcome], int] = {}
 
     # --- the entry point -----------------------------------------------------------
 
@@ -219,15 +222,25 @@ class CheckService:
 
         # One verification per credential per process at a time, run as a task of its
         # own: a caller whose RPC is cancelled (Envoy's timeout, a client gone) must not
-        # cancel it for the others waiting on the same credential.
+        # cancel it for the others waiting on the same credential. When the last of
+        # them has gone, it is cancelled: nobody would read its answer, and a hash
+        # still queued in the pool then never starts (SPEC §5).
         key = (app.name, header_value)
         task = self._inflight.get(key)
         first = task is None
         if task is None:
-            task = asyncio.ensure_future(self._verify_shared(rt, credential, header_value))
+            context = contextvars.copy_context()
+            context.run(requester.set, request.client)  # whose turn it is in the hash pool
+            task = asyncio.get_running_loop().create_task(
+                self._verify_shared(rt, credential, header_value), context=context
+            )
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._verification_done(key, done))
-        outcome = await asyncio.shield(task)
+        self._waiting[task] = self._waiting.get(task, 0) + 1
+        try:
+            outcome = await asyncio.shield(task)
+        finally:
+            self._stop_waiting(key, task)
         if not first:
             return outcome
         if isinstance(outcome, Rejected):
@@ -242,6 +255,17 @@ class CheckService:
                 request_id=request.request_id,
             )
         return outcome
+
+    def _stop_waiting(self, key: tuple[str, str], task: asyncio.Future[VerifyOutcome]) -> None:
+        left = self._waiting.get(task, 1) - 1
+        if left > 0:
+            self._waiting[task] = left
+            return
+        self._waiting.pop(task, None)
+        if not task.done():
+            task.cancel()
+            if self._inflight.get(key) is task:
+                del self._inflight[key]  # a caller arriving now starts afresh
 
     def _verification_done(self, key: tuple[str, str], task: asyncio.Future[VerifyOutcome]) -> None:
         if self._inflight.get(key) is task:

@@ -1,9 +1,9 @@
 """Local identities from the configuration's `directory` (SPEC §3, §5 `directory`).
 
 Verifies Basic passwords against a user's `app_passwords` and bearer tokens against
-the users' `tokens`, all argon2id hashes. argon2 is deliberately slow, so each
-verification runs in a worker thread (`asyncio.to_thread`) and the event loop keeps
-serving other checks meanwhile.
+the users' `tokens`, all argon2id hashes. argon2 is deliberately slow, so every run
+goes to the bounded, fair `HashPool` (never asyncio's default executor), and the
+event loop keeps serving other checks meanwhile.
 
 Cost (SPEC §5 "Cost and abuse"): one unknown credential costs at most one argon2 run,
 whatever the size of the directory.
@@ -20,7 +20,6 @@ not reveal which usernames exist.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -29,8 +28,9 @@ from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from ext_authz.core.claims import merge_attributes
-from ext_authz.core.model import Identity, Rejected, Verified, VerifyOutcome
+from ext_authz.core.model import Identity, Rejected, Unavailable, Verified, VerifyOutcome
 from ext_authz.crypto import token_hash_salt, token_lookup_salt
+from ext_authz.hash_pool import HashPool, PoolBusy
 
 if TYPE_CHECKING:
     from ext_authz.config import Directory, DirectoryUser
@@ -49,10 +49,12 @@ class DirectoryVerifier:
         directory: Directory,
         *,
         secret: bytes,
+        pool: HashPool | None = None,
         provider: str = PROVIDER,
     ) -> None:
         self._provider = provider
         self._secret = secret
+        self._pool = pool if pool is not None else HashPool()
         self._users: dict[str, DirectoryUser] = {u.username: u for u in directory.users}
         self._group_attributes: dict[str, dict[str, Any]] = {
             name: dict(group.attributes) for name, group in directory.groups.items()
@@ -77,7 +79,10 @@ class DirectoryVerifier:
         """Check `password` against the user's app passwords."""
         user = self._users.get(username)
         hashes = [h.get_secret_value() for h in user.app_passwords] if user is not None else []
-        matched = await asyncio.to_thread(self._check_password, hashes, password)
+        try:
+            matched = await self._pool.run(lambda: self._check_password(hashes, password))
+        except PoolBusy as exc:
+            return Unavailable(str(exc))
         if user is None or matched is None:
             return Rejected("invalid credentials")
         return Verified(self._identity(user), ttl=None)
@@ -90,13 +95,16 @@ class DirectoryVerifier:
         if entry is None:
             return Rejected("invalid token")
         user, hashed = entry
-        ok = await asyncio.to_thread(self._verify, hashed, token)
+        try:
+            ok = await self._pool.run(lambda: self._verify(hashed, token))
+        except PoolBusy as exc:
+            return Unavailable(str(exc))
         if not ok:  # an HMAC collision (or a tampered hash): the argon2 run decides
             return Rejected("invalid token")
         # A static token is no JWT: X-authentik-jwt must not carry it (token="").
         return Verified(self._identity(user), ttl=None)
 
-    # --- in a worker thread --------------------------------------------------------
+    # --- in a pool thread ----------------------------------------------------------
 
     def _check_password(self, hashes: list[str], password: str) -> str | None:
         if not hashes:

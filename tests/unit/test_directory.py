@@ -12,8 +12,9 @@ from argon2 import PasswordHasher
 from ext_authz.adapters import directory as directory_module
 from ext_authz.adapters.directory import DirectoryVerifier
 from ext_authz.config import Directory
-from ext_authz.core.model import Rejected, Verified
+from ext_authz.core.model import Rejected, Unavailable, Verified
 from ext_authz.crypto import hash_token
+from ext_authz.hash_pool import HashPool
 
 pytestmark = pytest.mark.anyio
 
@@ -215,3 +216,22 @@ async def test_a_wrong_password_costs_that_users_hashes_and_an_unknown_user_one(
     await verifier.verify_password("user3", "guess")  # a user without app passwords
     await verifier.verify_password("nobody", "guess")
     assert len(calls) == 2  # one dummy run each, however many users exist
+
+
+async def test_a_full_hash_pool_answers_unavailable_at_once() -> None:
+    pool = HashPool(1, max_pending=1, max_pending_per_client=1)
+    verifier = DirectoryVerifier(_directory(), secret=SECRET, pool=pool)
+    release = threading.Event()
+    blocker = asyncio.ensure_future(pool.run(release.wait, client="x"))  # runs
+    queued = asyncio.ensure_future(pool.run(lambda: True, client="y"))  # waits
+    await asyncio.sleep(0)
+    try:
+        assert await verifier.verify_password("alice", "alice-pw") == Unavailable(
+            "hashing pool busy"
+        )
+        assert await verifier.verify_token("alice-token") == Unavailable("hashing pool busy")
+        assert await verifier.verify_token("bogus") == Rejected("invalid token")  # no hash
+    finally:
+        release.set()
+        await asyncio.gather(blocker, queued)
+        pool.close()

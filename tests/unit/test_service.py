@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from argon2 import PasswordHasher
 from prometheus_client import CollectorRegistry
 
+from ext_authz.adapters.directory import DirectoryVerifier
 from ext_authz.adapters.memory_store import MemoryStore
 from ext_authz.adapters.oidc import Discovery, TokenError, TokenSet
+from ext_authz.config import Directory
 from ext_authz.core.decision import Allow, Deny
 from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
 from ext_authz.errors import IdPUnavailable, StoreUnavailable
+from ext_authz.hash_pool import HashPool
 from ext_authz.metrics import Metrics
 from ext_authz.service import AppRuntime, CheckService
 from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
@@ -476,3 +481,81 @@ def test_stale_cookie_is_expired_when_no_session_can_replace_it() -> None:
     assert isinstance(answer, Allow)
     cookies = [v for k, v in answer.response_headers if k == "set-cookie"]
     assert len(cookies) == 1 and "Max-Age=0" in cookies[0]
+
+
+# --- the cost of a guess: no work for a verification nobody waits for (SPEC §5) -------
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until `condition` holds (bounded; no timing involved)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+def _directory_verifier(pool: HashPool) -> DirectoryVerifier:
+    fast = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    directory = Directory.model_validate(
+        {"users": [{"username": "alice", "app_passwords": [fast.hash("alice-pw")]}]}
+    )
+    return DirectoryVerifier(directory, secret=SECRET, pool=pool)
+
+
+@pytest.mark.parametrize("cancelled", [1, 2])
+def test_a_queued_hash_whose_checks_all_left_never_starts(cancelled: int) -> None:
+    pool = HashPool(1)
+    verifier = _directory_verifier(pool)
+    svc, _ = service(basic=verifier.verify_password)
+    header_value = basic_header("alice", "wrong-guess")
+    gate = threading.Event()
+
+    async def scenario() -> list[Any]:
+        blocker = asyncio.ensure_future(pool.run(lambda: gate.wait(10), client="other"))
+        await _until(lambda: pool.running == 1)
+        checks = [
+            asyncio.ensure_future(svc.check(request(authorization=header_value))) for _ in range(2)
+        ]
+        await _until(lambda: pool.pending == 1)  # one verification for both Checks
+        for check in checks[:cancelled]:
+            check.cancel()  # Envoy gave up on these RPCs
+        await _until(lambda: all(c.done() for c in checks[:cancelled]))
+        gate.set()
+        await blocker
+        return await asyncio.gather(*checks, return_exceptions=True)
+
+    try:
+        answers = run(scenario())
+    finally:
+        gate.set()
+        pool.close()
+    if cancelled == 2:
+        assert pool.dropped == 1 and pool.started == 1  # only the blocker ever ran
+    else:
+        assert pool.dropped == 0 and pool.started == 2  # the other Check still waited
+        assert isinstance(answers[1], Deny) and answers[1].status == 401
+
+
+def test_a_full_hash_pool_is_503_with_retry_after() -> None:
+    pool = HashPool(1, max_pending=1)
+    verifier = _directory_verifier(pool)
+    svc, _ = service(basic=verifier.verify_password)
+    gate = threading.Event()
+
+    async def scenario() -> Any:
+        blocker = asyncio.ensure_future(pool.run(lambda: gate.wait(10), client="a"))
+        queued = asyncio.ensure_future(pool.run(lambda: True, client="b"))
+        await _until(lambda: pool.pending == 1)
+        answer = await svc.check(request(authorization=basic_header("alice", "alice-pw")))
+        gate.set()
+        await asyncio.gather(blocker, queued)
+        return answer
+
+    try:
+        answer = run(scenario())
+    finally:
+        gate.set()
+        pool.close()
+    assert isinstance(answer, Deny) and answer.status == 503
+    assert header(answer, "retry-after")
