@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 __all__ = ["AppRuntime", "CheckService"]
 
 _PEER_POLL = 0.02  # seconds between looks at the cache while another replica verifies
+# How long one verification may take, waiting for a peer replica included, on an
+# application without oidc (there `oidc.timeout` is the budget): hashing waits in a
+# queue, and the answer must be ours before Envoy's ext_authz timeout (SPEC §5).
+DIRECTORY_BUDGET = 3.0
 
 BasicVerifier = Callable[[str, str], Awaitable["VerifyOutcome"]]
 BearerVerifier = Callable[[str], Awaitable["VerifyOutcome"]]
@@ -278,12 +282,17 @@ class CheckService:
     ) -> VerifyOutcome:
         """Ask the verifier unless another replica is asking about the same credential
         right now: then wait for its answer in the shared cache, and ask ourselves only
-        if it leaves none (SPEC §5: N replicas ask the IdP once per credential)."""
+        if it leaves none (SPEC §5: N replicas ask the IdP once per credential).
+
+        All of it, the wait for a peer included, shares one deadline (`oidc.timeout`,
+        or DIRECTORY_BUDGET): past it the answer is Unavailable, a 503 of ours well
+        before Envoy's timeout would answer with its own bare 503."""
         app = rt.app
         window = _claim_window(app)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _budget(app)
         claimed = await self._claim(app.name, header_value, window)
-        deadline = time.monotonic() + window
-        while not claimed and time.monotonic() < deadline:
+        while not claimed and loop.time() < deadline:
             await asyncio.sleep(_PEER_POLL)
             try:
                 cached = await self._credentials.get(app.name, header_value)
@@ -295,8 +304,14 @@ class CheckService:
             # The other replica finished without caching (IdP down, an expiring token):
             # the claim is free again, and this replica asks.
             claimed = await self._claim(app.name, header_value, window)
+        if not claimed and loop.time() >= deadline:
+            return Unavailable("another replica is verifying it")  # and it has not answered
         try:
-            outcome = await self._call_verifier(rt, credential)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    outcome = await self._call_verifier(rt, credential)
+            except TimeoutError:
+                outcome = Unavailable("verification timed out")
             await self._cache_outcome(app, header_value, outcome)
         finally:
             if claimed:
@@ -376,6 +391,11 @@ class CheckService:
         return allow.with_response_headers(
             ("set-cookie", steps.session_set_cookie(app, value, expires_at, self._clock()))
         )
+
+
+def _budget(app: Application) -> float:
+    """The deadline of one verification of a credential for `app` (SPEC §5)."""
+    return app.oidc.timeout if app.oidc is not None else DIRECTORY_BUDGET
 
 
 def _claim_window(app: Application) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from ext_authz.adapters.directory import DirectoryVerifier
 from ext_authz.adapters.memory_store import MemoryStore
 from ext_authz.adapters.oidc import Discovery, TokenError, TokenSet
-from ext_authz.config import Directory
+from ext_authz.config import Application, Directory
 from ext_authz.core.decision import Allow, Deny
 from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
 from ext_authz.errors import IdPUnavailable, StoreUnavailable
@@ -30,7 +31,7 @@ from ext_authz.hash_pool import HashPool
 from ext_authz.metrics import Metrics
 from ext_authz.service import AppRuntime, CheckService
 from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
-from tests.unit.conftest import make_app
+from tests.unit.conftest import app_config, apps, make_app
 
 SECRET = b"unit-test-secret-0123456789abcdef-0123"
 APP = make_app(external_host="https://app.example.com")
@@ -50,6 +51,7 @@ ALICE = Identity(
 class FakeOIDC:
     down: bool = False
     exchange_error: str = ""
+    exchange_hangs: bool = False
     claims: dict[str, Any] = field(
         default_factory=lambda: {"sub": "alice", "preferred_username": "alice"}
     )
@@ -66,6 +68,8 @@ class FakeOIDC:
             raise IdPUnavailable("down")
         if self.exchange_error:
             raise TokenError(self.exchange_error)
+        if self.exchange_hangs:
+            await asyncio.Event().wait()
         return TokenSet(access_token="at", id_token="id.token.x", expires_in=300, raw={})
 
     async def verify_id_token(self, id_token: str, *, nonce: str | None) -> dict[str, Any]:
@@ -128,9 +132,10 @@ def service(
     basic: Verifier | None = None,
     bearer: Verifier | None = None,
     local_ttl: float = 0.0,
+    app: Application = APP,
 ) -> tuple[CheckService, MemoryStore]:
     store = store or MemoryStore("t:")
-    runtime = AppRuntime(app=APP, verify_basic=basic, verify_bearer=bearer, oidc=oidc)  # type: ignore[arg-type]
+    runtime = AppRuntime(app=app, verify_basic=basic, verify_bearer=bearer, oidc=oidc)  # type: ignore[arg-type]
     return (
         CheckService(
             [runtime],
@@ -557,5 +562,74 @@ def test_a_full_hash_pool_is_503_with_retry_after() -> None:
     finally:
         gate.set()
         pool.close()
+    assert isinstance(answer, Deny) and answer.status == 503
+    assert header(answer, "retry-after")
+
+
+# --- one deadline per verification (SPEC §5 "IdP unreachable") ---------------------------
+
+
+def _quick_app() -> Application:
+    config = app_config(external_host="https://app.example.com")
+    config["oidc"]["timeout"] = "300ms"
+    return apps(config)[0]
+
+
+QUICK = _quick_app()
+BOUND = 5.0  # seconds: only bounds a failure (Envoy's timeout in the shipped configs)
+
+
+def test_a_verifier_past_oidc_timeout_is_our_503() -> None:
+    async def hangs(username: str, password: str) -> Any:
+        await asyncio.Event().wait()
+
+    svc, _ = service(basic=hangs, app=QUICK)
+    check = svc.check(request(authorization=basic_header("alice", "pw")))
+    answer = run(asyncio.wait_for(check, BOUND))
+    assert isinstance(answer, Deny) and answer.status == 503
+    assert header(answer, "retry-after")
+
+
+def test_waiting_for_a_silent_peer_replica_counts_against_the_deadline() -> None:
+    """Another replica claimed the credential and never answers (it died): the wait for
+    it and any verification after it share oidc.timeout, instead of waiting the claim's
+    window (2 x timeout + 1 s) first."""
+    verifier = CountingVerifier(Verified(ALICE))
+    store = MemoryStore("t:")
+    svc, _ = service(store=store, basic=verifier, app=QUICK)
+    header_value = basic_header("alice", "pw")
+
+    async def scenario() -> Any:
+        peer = CredentialCache(store.sibling(), secret=SECRET, local_ttl=0)
+        assert await peer.claim(QUICK.name, header_value, 60)
+        return await asyncio.wait_for(svc.check(request(authorization=header_value)), BOUND)
+
+    started = time.monotonic()
+    answer = run(scenario())
+    assert isinstance(answer, Deny) and answer.status == 503
+    assert time.monotonic() - started < 2 * 0.3 + 1  # less than the claim window
+    assert verifier.calls == 0
+
+
+def test_a_slow_code_exchange_is_our_503_page() -> None:
+    oidc = FakeOIDC()
+    svc, _ = service(oidc=oidc, app=QUICK)
+
+    async def scenario() -> Any:
+        start = await svc.check(request("/wanted"))
+        assert isinstance(start, Deny) and start.status == 302
+        state = parse_qs(urlsplit(header(start, "location")[0]).query)["state"][0]
+        login = next(c for c in header(start, "set-cookie") if "_login=" in c)
+        oidc.exchange_hangs = True
+        callback = svc.check(
+            request(
+                "/outpost.goauthentik.io/callback",
+                f"code=c&state={state}",
+                cookie=login.split(";", 1)[0],
+            )
+        )
+        return await asyncio.wait_for(callback, BOUND)
+
+    answer = run(scenario())
     assert isinstance(answer, Deny) and answer.status == 503
     assert header(answer, "retry-after")
