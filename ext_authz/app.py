@@ -16,6 +16,7 @@ import httpx
 from ext_authz.adapters.directory import DirectoryVerifier
 from ext_authz.adapters.oidc import OIDCClient
 from ext_authz.adapters.store_factory import open_store
+from ext_authz.config import Directory
 from ext_authz.errors import IdPUnavailable, StoreUnavailable
 from ext_authz.hash_pool import HashPool
 from ext_authz.metrics import Metrics
@@ -87,6 +88,9 @@ def build(settings: Settings, metrics: Metrics) -> Components:
         if settings.directory is not None
         else None
     )
+    # Sessions and cached credentials made from the directory end with their credential;
+    # without a directory, none of them is current any more.
+    known = directory or DirectoryVerifier(Directory(), secret=secret, pool=hash_pool)
     oidc_clients: dict[str, OIDCClient] = {}
     runtimes = []
     for app in settings.applications:
@@ -108,6 +112,7 @@ def build(settings: Settings, metrics: Metrics) -> Components:
         credentials=credentials,
         logins=logins,
         metrics=metrics,
+        credential_current=known.is_current,
     )
     return Components(
         service=service,

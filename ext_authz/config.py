@@ -420,6 +420,9 @@ class ReceiveSettings(BaseModel):
     cache_ttl: Duration = 60.0
     negative_cache_ttl: Duration = 5.0
     create_session: bool = True
+    # A session made from header auth lasts at most this long (and never past the
+    # token's exp, nor session_lifetime): a credential is checked again at least hourly.
+    header_session_lifetime: PositiveDuration = 3600.0
 
     @model_validator(mode="before")
     @classmethod

@@ -41,7 +41,12 @@ if TYPE_CHECKING:
     from ext_authz.config import Application
     from ext_authz.core.model import VerifyOutcome
     from ext_authz.metrics import Metrics
-    from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
+    from ext_authz.sessions import (
+        CachedCredential,
+        CredentialCache,
+        LoginStateRepository,
+        SessionRepository,
+    )
 
 __all__ = ["AppRuntime", "CheckService"]
 
@@ -75,6 +80,7 @@ class CheckService:
         logins: LoginStateRepository,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        credential_current: Callable[[Identity], bool] | None = None,
     ) -> None:
         self._runtimes = {rt.app.name: rt for rt in runtimes}
         self._apps = routing.ApplicationIndex([rt.app for rt in runtimes])
@@ -86,6 +92,9 @@ class CheckService:
         self._signin = BrowserSignIn(sessions=sessions, logins=logins, metrics=metrics, clock=clock)
         self._inflight: dict[tuple[str, str], asyncio.Future[VerifyOutcome]] = {}
         self._waiting: dict[asyncio.Future[VerifyOutcome], int] = {}
+        # Whether the directory still holds the credential an identity was made from
+        # (SPEC §5 "Sessions from header auth"); checked on every session and cache hit.
+        self._current = credential_current or (lambda identity: True)
 
     # --- the entry point -----------------------------------------------------------
 
@@ -204,6 +213,19 @@ class CheckService:
             return None, False, True
         if record is None:
             return None, True, False
+        if not self._current(record.identity):
+            # Its directory credential is gone (a restart with a changed config): the
+            # session ends here, on every replica, and its cookie is expired.
+            with contextlib.suppress(StoreUnavailable):
+                await self._sessions.end(value)
+            event(
+                logging.INFO,
+                "session ended: credential no longer in the directory",
+                app=app.name,
+                user=record.identity.preferred_username,
+                request_id=request.request_id,
+            )
+            return None, True, False
         return record.identity, False, False
 
     # --- step 5: verifying a credential, through the shared cache ----------------------
@@ -221,7 +243,7 @@ class CheckService:
             cached = None
         if cached is not None:
             self._metrics.count_cache("credential", "hit")
-            return cached.outcome()
+            return self._cached_outcome(cached)
         self._metrics.count_cache("credential", "miss")
 
         # One verification per credential per process at a time, run as a task of its
@@ -300,7 +322,7 @@ class CheckService:
                 break
             if cached is not None:
                 self._metrics.count_cache("credential", "peer")
-                return cached.outcome()
+                return self._cached_outcome(cached)
             # The other replica finished without caching (IdP down, an expiring token):
             # the claim is free again, and this replica asks.
             claimed = await self._claim(app.name, header_value, window)
@@ -318,6 +340,13 @@ class CheckService:
                 with contextlib.suppress(StoreUnavailable):
                     await self._credentials.release(app.name, header_value)
         return outcome
+
+    def _cached_outcome(self, cached: CachedCredential) -> Verified | Rejected:
+        """A cached verdict, unless its directory credential has left the directory
+        since (the cache outlives restarts in Redis, and replicas may differ)."""
+        if cached.identity is not None and not self._current(cached.identity):
+            return Rejected("credential no longer in the directory")
+        return cached.outcome()
 
     async def _claim(self, app: str, header_value: str, window: float) -> bool:
         try:
@@ -373,7 +402,7 @@ class CheckService:
     async def _with_new_session(
         self, request: AuthRequest, app: Application, allow: Allow, identity: Identity
     ) -> Allow:
-        expires_at = steps.session_expiry(app, identity, self._clock())
+        expires_at = steps.session_expiry(app, identity, self._clock(), from_header=True)
         if expires_at - self._clock() < 1:
             return allow
         try:

@@ -16,6 +16,12 @@ whatever the size of the directory.
 Timing: an unknown username still costs one argon2 verification, against a dummy
 hash made with the same parameters as the configured hashes, so response times do
 not reveal which usernames exist.
+
+Sessions made from a directory credential (SPEC §5 "Sessions from header auth") end
+when that user, app password or token leaves the directory: a verified identity
+carries `credential_ref`, an HMAC under the server secret of the username and the
+matched hash (never the password or token), and `is_current` says whether the
+directory of *this* start-up still holds it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from ext_authz.core.claims import merge_attributes
 from ext_authz.core.model import Identity, Rejected, Unavailable, Verified, VerifyOutcome
-from ext_authz.crypto import token_hash_salt, token_lookup_salt
+from ext_authz.crypto import hmac_hex, token_hash_salt, token_lookup_salt
 from ext_authz.hash_pool import HashPool, PoolBusy
 
 if TYPE_CHECKING:
@@ -62,12 +68,17 @@ class DirectoryVerifier:
         # Static tokens by the lookup key their hash carries as salt. The config refuses
         # hashes made otherwise, and a token configured twice.
         self._tokens: dict[bytes, tuple[DirectoryUser, str]] = {}
+        refs: set[str] = set()
         for user in directory.users:
             for item in user.tokens:
                 hashed = item.get_secret_value()
                 salt = token_hash_salt(hashed)
                 if salt is not None:
                     self._tokens.setdefault(salt, (user, hashed))
+                refs.add(self._reference(user.username, hashed))
+            for item in user.app_passwords:
+                refs.add(self._reference(user.username, item.get_secret_value()))
+        self._refs = frozenset(refs)
         self._hasher = PasswordHasher()
         self._dummy: str | None = None
         self._dummy_lock = threading.Lock()
@@ -85,7 +96,7 @@ class DirectoryVerifier:
             return Unavailable(str(exc))
         if user is None or matched is None:
             return Rejected("invalid credentials")
-        return Verified(self._identity(user), ttl=None)
+        return Verified(self._identity(user, matched), ttl=None)
 
     async def verify_token(self, token: str) -> VerifyOutcome:
         """Find the user one of whose static `tokens` this is."""
@@ -102,7 +113,15 @@ class DirectoryVerifier:
         if not ok:  # an HMAC collision (or a tampered hash): the argon2 run decides
             return Rejected("invalid token")
         # A static token is no JWT: X-authentik-jwt must not carry it (token="").
-        return Verified(self._identity(user), ttl=None)
+        return Verified(self._identity(user, hashed), ttl=None)
+
+    def is_current(self, identity: Identity) -> bool:
+        """False for an identity made from a directory credential this directory no
+        longer holds (user, app password or token removed or changed), and for a
+        directory identity that predates credential references; True otherwise."""
+        if identity.credential_ref:
+            return identity.credential_ref in self._refs
+        return identity.provider != self._provider
 
     # --- in a pool thread ----------------------------------------------------------
 
@@ -138,7 +157,10 @@ class DirectoryVerifier:
 
     # --- identities ------------------------------------------------------------------
 
-    def _identity(self, user: DirectoryUser) -> Identity:
+    def _reference(self, username: str, hashed: str) -> str:
+        return hmac_hex(self._secret, "directory-credential", username, hashed)
+
+    def _identity(self, user: DirectoryUser, hashed: str) -> Identity:
         attributes = merge_attributes(self._group_attributes, user.groups, user.attributes)
         return Identity(
             sub=user.username,
@@ -149,4 +171,5 @@ class DirectoryVerifier:
             attributes=MappingProxyType(attributes),
             token="",
             provider=self._provider,
+            credential_ref=self._reference(user.username, hashed),
         )

@@ -66,6 +66,7 @@ def test_check_config_prints_the_redacted_effective_config() -> None:
     assert whoami["oidc"]["client_secret"] == "**redacted**"
     assert whoami["receive"]["basic"]["verify"] == "authentik"
     assert local["receive"]["bearer"]["verify"] == "directory"
+    assert whoami["receive"]["header_session_lifetime"] == 3600.0
 
 
 def test_check_config_substitutes_the_environment(tmp_path: Path) -> None:

@@ -156,6 +156,7 @@ def test_minimal_config_takes_the_documented_defaults() -> None:
     assert (receive.bearer.enabled, receive.bearer.verify) == (True, "auto")
     assert (receive.audiences, receive.cache_ttl, receive.negative_cache_ttl) == ((), 60, 5)
     assert receive.create_session is True
+    assert receive.header_session_lifetime == 3600
     send = app.send
     assert (send.basic.enabled, send.basic.username_attribute, send.basic.password_attribute) == (
         False,

@@ -1,5 +1,5 @@
 """DirectoryVerifier: argon2id app passwords and static tokens of the config's directory,
-and the cost of a guess (SPEC §5)."""
+the cost of a guess (SPEC §5), and the credential references sessions keep."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from argon2 import PasswordHasher
 from ext_authz.adapters import directory as directory_module
 from ext_authz.adapters.directory import DirectoryVerifier
 from ext_authz.config import Directory
-from ext_authz.core.model import Rejected, Unavailable, Verified
+from ext_authz.core.model import Identity, Rejected, Unavailable, Verified
 from ext_authz.crypto import hash_token
 from ext_authz.hash_pool import HashPool
 
@@ -235,3 +235,62 @@ async def test_a_full_hash_pool_answers_unavailable_at_once() -> None:
         release.set()
         await asyncio.gather(blocker, queued)
         pool.close()
+
+
+# --- credential references (SPEC §5 "Sessions from header auth") ---------------------
+
+
+async def test_identities_name_the_credential_they_came_from(verifier: DirectoryVerifier) -> None:
+    by_old = await verifier.verify_password("alice", "old-pw")
+    by_new = await verifier.verify_password("alice", "alice-pw")
+    by_token = await verifier.verify_token("alice-token")
+    refs = set()
+    for outcome in (by_old, by_new, by_token):
+        assert isinstance(outcome, Verified)
+        ref = outcome.identity.credential_ref
+        assert len(ref) == 64 and verifier.is_current(outcome.identity)
+        assert ref not in repr(outcome.identity)  # not in log lines
+        refs.add(ref)
+    assert len(refs) == 3  # each credential its own reference
+    # Keyed: the reference is neither the hash nor anything without the secret.
+    hashes = [h.get_secret_value() for h in _directory().users[0].app_passwords]
+    assert not any(h in refs for h in hashes)
+
+
+async def test_a_credential_removed_from_the_directory_is_no_longer_current() -> None:
+    alice_old, alice_pw, bob_pw = FAST.hash("old-pw"), FAST.hash("alice-pw"), FAST.hash("bob-pw")
+    bob_tokens = [_token("bob-token-1"), _token("bob-token-2")]
+
+    def directory(alice_passwords: list[str], bob_tokens: list[str], bob: bool = True) -> Directory:
+        users: list[dict[str, object]] = [{"username": "alice", "app_passwords": alice_passwords}]
+        if bob:
+            users.append({"username": "bob", "app_passwords": [bob_pw], "tokens": bob_tokens})
+        return Directory.model_validate({"users": users})
+
+    before = DirectoryVerifier(directory([alice_old, alice_pw], bob_tokens), secret=SECRET)
+    old_pw = await before.verify_password("alice", "old-pw")
+    token = await before.verify_token("bob-token-1")
+    bob = await before.verify_password("bob", "bob-pw")
+    assert isinstance(old_pw, Verified) and isinstance(token, Verified)
+    assert isinstance(bob, Verified)
+    # The restart's directory: alice lost her old app password, bob his first token.
+    after = DirectoryVerifier(directory([alice_pw], bob_tokens[1:]), secret=SECRET)
+    assert not after.is_current(old_pw.identity)
+    assert not after.is_current(token.identity)
+    assert after.is_current(bob.identity)
+    # Without bob at all, his password's sessions end too.
+    gone = DirectoryVerifier(directory([alice_pw], [], bob=False), secret=SECRET)
+    assert not gone.is_current(bob.identity)
+    # Another secret: another reference (a rotated secret ends directory sessions).
+    rotated = DirectoryVerifier(directory([alice_pw], bob_tokens), secret=SECRET + b"x")
+    assert not rotated.is_current(bob.identity)
+
+
+def test_identities_from_elsewhere_stay_current_and_old_directory_ones_do_not() -> None:
+    verifier = DirectoryVerifier(_directory(), secret=SECRET)
+    assert verifier.is_current(Identity(sub="alice", provider="app-client"))
+    # A directory identity from before references existed cannot be checked: it ends.
+    assert not verifier.is_current(Identity(sub="alice", provider="directory"))
+    assert not verifier.is_current(Identity(sub="x", credential_ref="0" * 64))
+    roundtrip = Identity.from_dict(Identity(sub="a", credential_ref="ab" * 32).to_dict())
+    assert roundtrip.credential_ref == "ab" * 32

@@ -102,6 +102,7 @@ KNOWN_KEYS = (
     "cache_ttl",
     "negative_cache_ttl",
     "create_session",
+    "header_session_lifetime",
     "send",
     "username_attribute",
     "password_attribute",
@@ -116,6 +117,7 @@ DURATION_KEYS = frozenset(
         "session_lifetime",
         "cache_ttl",
         "negative_cache_ttl",
+        "header_session_lifetime",
     }
 )
 URL_KEYS = frozenset({"url", "external_host", "issuer", "listen", "http_listen", "cookie_domain"})

@@ -133,16 +133,22 @@ def service(
     bearer: Verifier | None = None,
     local_ttl: float = 0.0,
     app: Application = APP,
+    clock: Callable[[], float] = time.time,
+    credential_current: Callable[[Identity], bool] | None = None,
 ) -> tuple[CheckService, MemoryStore]:
     store = store or MemoryStore("t:")
     runtime = AppRuntime(app=app, verify_basic=basic, verify_bearer=bearer, oidc=oidc)  # type: ignore[arg-type]
     return (
         CheckService(
             [runtime],
-            sessions=SessionRepository(store, secret=SECRET, local_ttl=local_ttl),
-            credentials=CredentialCache(store, secret=SECRET, local_ttl=local_ttl),
-            logins=LoginStateRepository(store, secret=SECRET),
+            sessions=SessionRepository(store, secret=SECRET, local_ttl=local_ttl, clock_wall=clock),
+            credentials=CredentialCache(
+                store, secret=SECRET, local_ttl=local_ttl, clock_wall=clock
+            ),
+            logins=LoginStateRepository(store, secret=SECRET, clock_wall=clock),
             metrics=Metrics(CollectorRegistry()),
+            clock=clock,
+            credential_current=credential_current,
         ),
         store,
     )
@@ -633,3 +639,72 @@ def test_a_slow_code_exchange_is_our_503_page() -> None:
     answer = run(scenario())
     assert isinstance(answer, Deny) and answer.status == 503
     assert header(answer, "retry-after")
+
+
+# --- sessions from header auth (SPEC §5 "Sessions from header auth") --------------------
+
+NOW = 1_700_000_000.0
+
+
+def frozen() -> float:
+    return NOW
+
+
+def session_of(answer: Allow) -> tuple[str, str]:
+    """(cookie pair, the whole Set-Cookie line) of the session an Allow created."""
+    (line,) = [v for k, v in answer.response_headers if k == "set-cookie"]
+    return line.split(";", 1)[0], line
+
+
+@pytest.mark.parametrize(
+    ("settings", "identity", "max_age"),
+    [
+        ({}, ALICE, 3600),  # header_session_lifetime's default, not session_lifetime's 24 h
+        ({"receive": {"header_session_lifetime": "10m"}}, ALICE, 600),
+        ({"session_lifetime": "5m"}, ALICE, 300),  # never past session_lifetime either
+        ({}, Identity(sub="alice", expires_at=NOW + 120), 120),  # nor the token's exp
+    ],
+)
+def test_a_session_from_header_auth_lasts_header_session_lifetime(
+    settings: dict[str, Any], identity: Identity, max_age: int
+) -> None:
+    app = make_app(external_host="https://app.example.com", **settings)
+    svc, _ = service(basic=CountingVerifier(Verified(identity)), app=app, clock=frozen)
+    answer = run(svc.check(request(authorization=basic_header("alice", "pw"))))
+    assert isinstance(answer, Allow)
+    _, line = session_of(answer)
+    assert f"Max-Age={max_age};" in line
+
+
+def test_a_directory_session_ends_when_its_credential_leaves_the_directory() -> None:
+    made = Identity(sub="bob", preferred_username="bob", provider="directory", credential_ref="r1")
+    held = {"r1"}
+    verifier = CountingVerifier(Verified(made))
+    svc, store = service(
+        basic=verifier,
+        clock=frozen,
+        credential_current=lambda identity: identity.credential_ref in held,
+    )
+    header_value = basic_header("bob", "bob-pw")
+
+    async def scenario() -> tuple[Any, Any, Any]:
+        first = await svc.check(request(authorization=header_value))
+        assert isinstance(first, Allow)
+        cookie, _ = session_of(first)
+        again = await svc.check(request(cookie=cookie))
+        assert isinstance(again, Allow) and again.method == "session"
+        held.clear()  # restarted with bob's app password removed from the config
+        by_cookie = await svc.check(request(cookie=cookie))
+        by_header = await svc.check(request(authorization=header_value, accept="*/*"))
+        sessions = SessionRepository(store, secret=SECRET, local_ttl=0, clock_wall=frozen)
+        return by_cookie, by_header, await sessions.get(APP.name, cookie.split("=", 1)[1])
+
+    by_cookie, by_header, stored = run(scenario())
+    # The cookie no longer opens anything, is expired, and its session is gone.
+    assert isinstance(by_cookie, Deny) and by_cookie.status == 401
+    assert any("Max-Age=0" in v for v in header(by_cookie, "set-cookie"))
+    assert stored is None
+    # The credential cache (in Redis, across restarts) no longer vouches for it either,
+    # and nothing was verified again to learn that.
+    assert isinstance(by_header, Deny) and by_header.status == 401
+    assert verifier.calls == 1
