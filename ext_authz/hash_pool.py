@@ -7,9 +7,10 @@ queued the rest, so memory rose by hundreds of MB and a real user's login waited
 behind every guess, past Envoy's timeout; and each queued run still ran after its
 caller had gone. Here instead:
 
-- **Bounded work**: `workers` threads (default: one per two CPUs, at least one; a run
-  with p=4 lanes already uses several cores), so at most `workers` hashes, and their
-  memory, exist at any time.
+- **Bounded work**: `workers` threads, so at most `workers` hashes, and their memory,
+  exist at any time. The default is one: a run with p=4 lanes already keeps four
+  cores busy, and one 64 MiB run at a time keeps a flood's memory under the process's
+  own idle size (issue 11: RSS within 2x of idle). More throughput is more replicas.
 - **Bounded queue**: at most `max_pending` jobs wait, and at most
   `max_pending_per_client` of one client. A job beyond that is refused at once with
   `PoolBusy` (the service answers 503 with Retry-After) rather than queued behind
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +41,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-__all__ = ["HashPool", "PoolBusy", "default_workers", "requester"]
+__all__ = ["DEFAULT_WORKERS", "HashPool", "PoolBusy", "requester"]
 
 T = TypeVar("T")
 
@@ -53,8 +53,7 @@ class PoolBusy(Exception):
     """The pool's queue is full (overall or for this client): try again later."""
 
 
-def default_workers() -> int:
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
+DEFAULT_WORKERS = 1
 
 
 @dataclass(eq=False)
@@ -68,12 +67,12 @@ class _Job(Generic[T]):
 class HashPool:
     def __init__(
         self,
-        workers: int | None = None,
+        workers: int = DEFAULT_WORKERS,
         *,
         max_pending: int = 64,
         max_pending_per_client: int = 8,
     ) -> None:
-        self.workers = workers if workers is not None else default_workers()
+        self.workers = workers
         if self.workers < 1 or max_pending < 1 or max_pending_per_client < 1:
             raise ValueError("workers and queue bounds must be >= 1")
         self.max_pending = max_pending
