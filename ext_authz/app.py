@@ -60,6 +60,12 @@ class Components:
                 problems[f"idp:{name}"] = str(exc) or "unavailable"
         return problems
 
+    def begin_drain(self, grace: float) -> None:
+        """The process stops in `grace` seconds: queued hashing that could not finish by
+        then is answered 503 now rather than cut off."""
+        if self.hash_pool is not None:
+            self.hash_pool.drain(asyncio.get_running_loop().time() + grace)
+
     async def close(self) -> None:
         await self.store.close()
         await self.http.aclose()

@@ -22,6 +22,9 @@ caller had gone. Here instead:
   the client or Envoy gave up, or the service's deadline passed) is taken out of the
   queue and never starts. A job already running cannot be interrupted (argon2 is C);
   it finishes, and its result is dropped.
+- **Drained in time**: on SIGTERM (`drain`), jobs that could not finish before the
+  grace period ends are refused (PoolBusy) shortly before it does, so their requests
+  get a deliberate 503 instead of being cut off with the connection.
 
 The client is the one `requester` names in the caller's context (the service sets it
 to the request's client address before it starts a verification), so verifiers keep
@@ -62,6 +65,7 @@ class _Job(Generic[T]):
     future: asyncio.Future[T]
     client: str
     state: str = field(default="queued")  # queued -> running -> done, or queued -> dropped
+    started_at: float = 0.0
 
 
 class HashPool:
@@ -81,6 +85,8 @@ class HashPool:
         self._queues: OrderedDict[str, deque[_Job[Any]]] = OrderedDict()
         self._pending = 0
         self._running = 0
+        self._run_time = 0.0  # a moving average of how long a job runs (seconds)
+        self._closing_at: float | None = None  # loop time after which nothing is queued
         self.started = 0  # jobs handed to a thread (for tests and metrics)
         self.refused = 0  # jobs refused with PoolBusy
         self.dropped = 0  # queued jobs whose caller left before they started
@@ -101,8 +107,11 @@ class HashPool:
         loop = asyncio.get_running_loop()
         key = requester.get() if client is None else client
         queue = self._queues.get(key)
-        if self._pending >= self.max_pending or (
-            queue is not None and len(queue) >= self.max_pending_per_client
+        closing = self._closing_at is not None and loop.time() >= self._closing_at
+        if (
+            closing
+            or self._pending >= self.max_pending
+            or (queue is not None and len(queue) >= self.max_pending_per_client)
         ):
             self.refused += 1
             raise PoolBusy("hashing pool busy")
@@ -114,6 +123,23 @@ class HashPool:
         job.future.add_done_callback(lambda _: self._withdraw(job))
         self._dispatch(loop)
         return await job.future
+
+    def drain(self, deadline: float) -> None:
+        """The process stops at `deadline` (loop time). Shortly before, jobs still queued
+        are refused, and so is new work, leaving the running ones time to finish."""
+        loop = asyncio.get_running_loop()
+        self._closing_at = deadline - max(0.25, 2 * self._run_time)
+        loop.call_at(self._closing_at, self._refuse_queued)
+
+    def _refuse_queued(self) -> None:
+        for queue in self._queues.values():
+            for job in queue:
+                job.state = "dropped"
+                if not job.future.done():
+                    self.refused += 1
+                    job.future.set_exception(PoolBusy("draining"))
+        self._queues.clear()
+        self._pending = 0
 
     def close(self) -> None:
         """Stop taking work; queued jobs are dropped, running ones finish in the background."""
@@ -141,6 +167,7 @@ class HashPool:
                 self.dropped += 1
                 continue
             job.state = "running"
+            job.started_at = loop.time()
             self._running += 1
             self.started += 1
             done = loop.run_in_executor(self._executor, job.fn)
@@ -151,6 +178,8 @@ class HashPool:
     ) -> None:
         self._running -= 1
         job.state = "done"
+        took = loop.time() - job.started_at
+        self._run_time = took if not self._run_time else 0.7 * self._run_time + 0.3 * took
         if not job.future.done():
             if result.cancelled():
                 job.future.cancel()

@@ -181,3 +181,28 @@ def test_bounds_and_default_size() -> None:
         HashPool(0)
     with pytest.raises(ValueError):
         HashPool(1, max_pending_per_client=0)
+
+
+async def test_drain_refuses_what_could_not_finish_in_time_and_lets_the_running_end() -> None:
+    pool = HashPool(1)
+    gate = threading.Event()
+    try:
+        running = asyncio.ensure_future(pool.run(lambda: gate.wait(WAIT), client="a"))
+        await settle()
+        queued = [asyncio.ensure_future(pool.run(lambda: "late", client=c)) for c in "ab"]
+        await settle()
+        # The process stops now: what waits is refused at once (answered 503 by the
+        # service), and so is anything new; the running job is left to finish.
+        pool.drain(asyncio.get_running_loop().time())
+        await settle()
+        for job in queued:
+            with pytest.raises(PoolBusy, match="draining"):
+                await job
+        with pytest.raises(PoolBusy):
+            await pool.run(lambda: "new")
+        assert pool.pending == 0 and pool.running == 1
+        gate.set()
+        assert await running is True
+    finally:
+        gate.set()
+        pool.close()
