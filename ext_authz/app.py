@@ -16,7 +16,9 @@ import httpx
 from ext_authz.adapters.directory import DirectoryVerifier
 from ext_authz.adapters.oidc import OIDCClient
 from ext_authz.adapters.store_factory import open_store
+from ext_authz.config import Directory
 from ext_authz.errors import IdPUnavailable, StoreUnavailable
+from ext_authz.hash_pool import HashPool
 from ext_authz.metrics import Metrics
 from ext_authz.service import AppRuntime, BasicVerifier, BearerVerifier, CheckService
 from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
@@ -36,6 +38,7 @@ class Components:
     http: httpx.AsyncClient
     oidc_clients: dict[str, OIDCClient] = field(default_factory=dict)
     sessions: SessionRepository | None = None
+    hash_pool: HashPool | None = None
 
     async def start(self) -> None:
         """Background work that needs a running loop (invalidation listener)."""
@@ -58,9 +61,17 @@ class Components:
                 problems[f"idp:{name}"] = str(exc) or "unavailable"
         return problems
 
+    def begin_drain(self, grace: float) -> None:
+        """The process stops in `grace` seconds: queued hashing that could not finish by
+        then is answered 503 now rather than cut off."""
+        if self.hash_pool is not None:
+            self.hash_pool.drain(asyncio.get_running_loop().time() + grace)
+
     async def close(self) -> None:
         await self.store.close()
         await self.http.aclose()
+        if self.hash_pool is not None:
+            self.hash_pool.close()
 
 
 def build(settings: Settings, metrics: Metrics) -> Components:
@@ -77,7 +88,16 @@ def build(settings: Settings, metrics: Metrics) -> Components:
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         headers={"user-agent": "ext-authz"},
     )
-    directory = DirectoryVerifier(settings.directory) if settings.directory is not None else None
+    # Password hashing gets its own bounded, fair pool (SPEC §5 "Cost and abuse").
+    hash_pool = HashPool()
+    directory = (
+        DirectoryVerifier(settings.directory, secret=secret, pool=hash_pool)
+        if settings.directory is not None
+        else None
+    )
+    # Sessions and cached credentials made from the directory end with their credential;
+    # without a directory, none of them is current any more.
+    known = directory or DirectoryVerifier(Directory(), secret=secret, pool=hash_pool)
     oidc_clients: dict[str, OIDCClient] = {}
     runtimes = []
     for app in settings.applications:
@@ -100,9 +120,15 @@ def build(settings: Settings, metrics: Metrics) -> Components:
         logins=logins,
         metrics=metrics,
         throttle=Throttle(store, secret=secret, metrics=metrics),
+        credential_current=known.is_current,
     )
     return Components(
-        service=service, store=store, http=http, oidc_clients=oidc_clients, sessions=sessions
+        service=service,
+        store=store,
+        http=http,
+        oidc_clients=oidc_clients,
+        sessions=sessions,
+        hash_pool=hash_pool,
     )
 
 

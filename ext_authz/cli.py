@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import yaml
 from argon2 import PasswordHasher
 
-from ext_authz.config import Settings, load_settings, redacted
+from ext_authz.config import Settings, load_secret, load_settings, redacted
+from ext_authz.crypto import hash_token
 from ext_authz.errors import ConfigError
 
 __all__ = ["main"]
@@ -35,7 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "check-config":
         return _check_config(args.config)
     if command == "hash-password":
-        return _hash_password()
+        if args.token and not args.config:
+            print("hash-password: --token needs -c CONFIG (its secret keys it)", file=sys.stderr)
+            return EXIT_USAGE
+        return _hash_password(args.config if args.token else None)
     return _serve(args.config)
 
 
@@ -51,7 +55,16 @@ def _parser() -> argparse.ArgumentParser:
         "check-config", help="validate a config and print it with secrets redacted"
     )
     check.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config")
-    commands.add_parser("hash-password", help="read a password on stdin, print its argon2id hash")
+    hashing = commands.add_parser(
+        "hash-password", help="read a password on stdin, print its argon2id hash"
+    )
+    hashing.add_argument(
+        "--token",
+        action="store_true",
+        help="hash a static bearer token (directory.users.tokens): its hash carries a lookup "
+        "key made with the config's secret",
+    )
+    hashing.add_argument("-c", "--config", metavar="FILE", help="YAML config (with --token)")
     return parser
 
 
@@ -79,13 +92,22 @@ def _check_config(path: str) -> int:
     return EXIT_OK
 
 
-def _hash_password() -> int:
+def _hash_password(token_config: str | None = None) -> int:
+    secret = b""
+    if token_config is not None:
+        try:
+            secret = load_secret(token_config)
+        except ConfigError as exc:
+            print("config error:", file=sys.stderr)
+            for line in exc.errors:
+                print(line, file=sys.stderr)
+            return EXIT_USAGE
     stdin = sys.stdin
     if stdin is None:
         print("hash-password: no standard input", file=sys.stderr)
         return EXIT_USAGE
     if stdin.isatty():
-        password = getpass.getpass("Password: ")
+        password = getpass.getpass("Token: " if token_config else "Password: ")
     else:
         raw = stdin.buffer.readline()
         try:
@@ -97,7 +119,7 @@ def _hash_password() -> int:
     if not password:
         print("hash-password: refusing an empty password", file=sys.stderr)
         return EXIT_USAGE
-    print(PasswordHasher().hash(password))
+    print(hash_token(secret, password) if token_config else PasswordHasher().hash(password))
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ Also owns `redacted()`, the effective configuration with every secret replaced, 
 is what `ext-authz check-config` prints.
 
     load_settings(path, environ) -> Settings      raises ConfigError(errors: list[str])
+    load_secret(path, environ) -> bytes           only the server secret (hash-password --token)
     parse_settings(mapping, environ) -> Settings  raises ConfigError
     redacted(settings) -> dict                    plain data, secrets "**redacted**"
     parse_store_url(url) -> StoreURL              the store URL's parts, for the store adapter
@@ -45,6 +46,7 @@ from pydantic_core import PydanticCustomError
 
 from ext_authz.core.cookies import cookie_name_for
 from ext_authz.core.upstream import additional_header_problem
+from ext_authz.crypto import token_hash_salt, token_salt_matches_key
 from ext_authz.durations import parse_duration
 from ext_authz.errors import ConfigError
 from ext_authz.store_url import (
@@ -74,6 +76,7 @@ __all__ = [
     "StoreSettings",
     "StoreURL",
     "ThrottleSettings",
+    "load_secret",
     "load_settings",
     "parse_duration",
     "parse_settings",
@@ -436,6 +439,9 @@ class ReceiveSettings(BaseModel):
     negative_cache_ttl: Duration = 5.0
     create_session: bool = True
     throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)
+    # A session made from header auth lasts at most this long (and never past the
+    # token's exp, nor session_lifetime): a credential is checked again at least hourly.
+    header_session_lifetime: PositiveDuration = 3600.0
 
     @model_validator(mode="before")
     @classmethod
@@ -769,9 +775,37 @@ class Settings(BaseModel):
                                 "none (add one, or disable this receiver)",
                             )
                         )
+        if self.directory is not None:
+            problems += _token_problems(self.directory, self.secret.get_secret_value().encode())
         if problems:
             raise _problems(*problems)
         return self
+
+
+def _token_problems(directory: Directory, secret: bytes) -> list[tuple[Loc, str]]:
+    """Static token hashes must carry their lookup key under this `secret` (crypto.py),
+    and no token may be configured twice: each is found by its salt alone."""
+    problems: list[tuple[Loc, str]] = []
+    seen: dict[bytes, tuple[int, int]] = {}
+    for i, user in enumerate(directory.users):
+        for j, item in enumerate(user.tokens):
+            loc: Loc = ("directory", "users", i, "tokens", j)
+            salt = token_hash_salt(item.get_secret_value())
+            if salt is None or not token_salt_matches_key(secret, salt):
+                problems.append(
+                    (
+                        loc,
+                        "not a token hash made for this secret (static tokens are looked up "
+                        "by a keyed digest: make the hash with `ext-authz hash-password "
+                        "--token -c CONFIG`, again after changing `secret`)",
+                    )
+                )
+            elif salt in seen:
+                a, b = seen[salt]
+                problems.append((loc, f"the same token as directory.users[{a}].tokens[{b}]"))
+            else:
+                seen[salt] = (i, j)
+    return problems
 
 
 # ---------------------------------------------------------------------------------------
@@ -914,6 +948,40 @@ def _yaml_where(exc: yaml.MarkedYAMLError) -> str:
 
 def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Read, substitute and validate the YAML file at `path`; raise ConfigError."""
+    return parse_settings(_read_yaml(path), environ)
+
+
+def load_secret(path: str | Path, environ: Mapping[str, str] | None = None) -> bytes:
+    """Only the server `secret` (or `secret_file`) of the YAML file at `path`, checked
+    like `load_settings` checks it; raise ConfigError. For `hash-password --token`,
+    which must work while the rest of the file is not valid yet (an old token hash)."""
+    data = _read_yaml(path)
+    errors: list[str] = []
+    env = os.environ if environ is None else environ
+    part = {
+        key: substitute_env(data[key], env, (key,), errors)
+        for key in ("secret", "secret_file")
+        if key in data
+    }
+    if errors:
+        raise ConfigError(errors)
+    try:
+        part = _secret_from_file(part, "secret")
+    except PydanticCustomError as exc:
+        context = exc.context or {}
+        raise ConfigError(
+            [f"{format_loc(loc)}: {msg}" for loc, msg in context.get("problems", [])]
+        ) from None
+    secret = part.get("secret")
+    if not isinstance(secret, str):
+        raise ConfigError(["secret: required key is missing"])
+    size = len(secret.encode("utf-8"))
+    if size < MIN_SECRET_BYTES:
+        raise ConfigError([f"secret: must be at least {MIN_SECRET_BYTES} bytes long (got {size})"])
+    return secret.encode("utf-8")
+
+
+def _read_yaml(path: str | Path) -> Mapping[str, Any]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -937,7 +1005,7 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         raise ConfigError(
             [f"{path}: expected a mapping at the top level, got {type(data).__name__}"]
         )
-    return parse_settings(data, environ)
+    return data
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,7 +9,25 @@ What it owns:
   value, the login state). So a copy of the store neither lets anyone in nor reveals
   tokens or attributes (SPEC §5 "Cache", §6 "Session cookie");
 - random values: `new_session_id`;
-- `constant_time_equals` for every comparison of secrets.
+- `constant_time_equals` for every comparison of secrets;
+- static bearer tokens that find their own hash (`hash_token`, `token_lookup_salt`,
+  `token_hash_salt`, `token_salt_matches_key`), see below.
+
+Static tokens (SPEC §5 "Cost and abuse": one argon2 run at most per unknown
+credential, "look static tokens up by a keyed digest, not by trying every hash"). The
+configuration holds only argon2id hashes, and nothing can be derived from a hash
+without running argon2 on a guess; so the lookup key travels *inside* the hash, as its
+salt. A token's hash is made (`ext-authz hash-password --token`) with the salt
+
+    key id (4 bytes) || HMAC-SHA256(K, token)[:16]      K = HMAC(secret, "directory-token")
+
+instead of random bytes. It is still an ordinary argon2id hash (any argon2 library
+verifies it), deterministic per (secret, token), and without the server `secret` it
+reveals nothing a random salt would not. At start-up the directory indexes its token
+hashes by salt; a presented token's salt is one HMAC away, so a bogus token costs no
+argon2 run at all and a real one exactly one. The key id (an HMAC of a constant under
+K) lets the configuration check refuse, at start-up, a token hash made under another
+`secret` or with a random salt, which could never match.
 
 Sealed blob layout: ``version (1 byte) || nonce (12 bytes) || ciphertext+tag``. The
 version byte and the context are authenticated (AAD), so a blob sealed for one
@@ -18,25 +36,34 @@ purpose (b"session") never opens as another (b"credential").
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
 import secrets
 
+from argon2 import PasswordHasher
+from argon2.low_level import Type as Argon2Type
+from argon2.low_level import hash_secret
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
+    "TOKEN_SALT_LEN",
     "constant_time_equals",
     "credential_cache_key",
     "derive_key",
+    "hash_token",
     "hmac_hex",
     "new_session_id",
     "open_sealed",
     "seal",
     "session_key_id",
+    "token_hash_salt",
+    "token_lookup_salt",
+    "token_salt_matches_key",
 ]
 
 _VERSION = b"\x01"
@@ -105,3 +132,53 @@ def constant_time_equals(a: str | bytes, b: str | bytes) -> bool:
     a_bytes = a.encode("utf-8") if isinstance(a, str) else a
     b_bytes = b.encode("utf-8") if isinstance(b, str) else b
     return hmac.compare_digest(a_bytes, b_bytes)
+
+
+# --- static tokens that find their own hash ------------------------------------------
+
+_KEY_ID_LEN = 4
+TOKEN_SALT_LEN = _KEY_ID_LEN + 16
+
+
+def _token_key(secret: bytes) -> bytes:
+    return hmac.new(secret, b"ext-authz directory-token", hashlib.sha256).digest()
+
+
+def token_lookup_salt(secret: bytes, token: str) -> bytes:
+    """The salt a static token's hash carries: key id || HMAC(K, token)[:16]."""
+    key = _token_key(secret)
+    key_id = hmac.new(key, b"key id", hashlib.sha256).digest()[:_KEY_ID_LEN]
+    digest = hmac.new(key, b"token\0" + token.encode("utf-8"), hashlib.sha256).digest()
+    return key_id + digest[: TOKEN_SALT_LEN - _KEY_ID_LEN]
+
+
+def token_hash_salt(encoded: str) -> bytes | None:
+    """The salt of an argon2 hash in PHC form (`$argon2id$v=19$m=..$SALT$HASH`)."""
+    parts = encoded.split("$")
+    if len(parts) != 6:
+        return None
+    try:
+        return base64.b64decode(parts[4] + "=" * (-len(parts[4]) % 4), validate=True)
+    except ValueError:
+        return None
+
+
+def token_salt_matches_key(secret: bytes, salt: bytes) -> bool:
+    """Whether `salt` was made by `token_lookup_salt` under this `secret` (its key id)."""
+    key_id = token_lookup_salt(secret, "")[:_KEY_ID_LEN]
+    return len(salt) == TOKEN_SALT_LEN and hmac.compare_digest(salt[:_KEY_ID_LEN], key_id)
+
+
+def hash_token(secret: bytes, token: str, hasher: PasswordHasher | None = None) -> str:
+    """The argon2id hash of a static bearer token, salted with its lookup key (the
+    cost parameters are `hasher`'s, by default argon2-cffi's: t=3, m=64 MiB, p=4)."""
+    params = hasher or PasswordHasher()
+    return hash_secret(
+        token.encode("utf-8"),
+        token_lookup_salt(secret, token),
+        time_cost=params.time_cost,
+        memory_cost=params.memory_cost,
+        parallelism=params.parallelism,
+        hash_len=params.hash_len,
+        type=Argon2Type.ID,
+    ).decode("ascii")

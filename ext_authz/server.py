@@ -244,6 +244,7 @@ async def _worker(settings: Settings, *, index: int, reuse_port: bool, with_http
     await stop.wait()
 
     event(logging.INFO, "draining", worker=index, grace_period=server.grace_period)
+    components.begin_drain(server.grace_period)
     await _drain_all(listeners, server.grace_period)
     await components.close()
     event(logging.INFO, "stopped", worker=index)

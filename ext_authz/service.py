@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,6 +45,7 @@ from ext_authz.core.model import (
     Verified,
 )
 from ext_authz.errors import StoreUnavailable
+from ext_authz.hash_pool import requester
 from ext_authz.logs import event
 from ext_authz.signin import BrowserSignIn
 
@@ -52,12 +54,21 @@ if TYPE_CHECKING:
     from ext_authz.config import Application
     from ext_authz.core.model import VerifyOutcome
     from ext_authz.metrics import Metrics
-    from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
+    from ext_authz.sessions import (
+        CachedCredential,
+        CredentialCache,
+        LoginStateRepository,
+        SessionRepository,
+    )
     from ext_authz.throttle import Throttle
 
 __all__ = ["AppRuntime", "CheckService"]
 
 _PEER_POLL = 0.02  # seconds between looks at the cache while another replica verifies
+# How long one verification may take, waiting for a peer replica included, on an
+# application without oidc (there `oidc.timeout` is the budget): hashing waits in a
+# queue, and the answer must be ours before Envoy's ext_authz timeout (SPEC §5).
+DIRECTORY_BUDGET = 3.0
 
 BasicVerifier = Callable[[str, str], Awaitable["VerifyOutcome"]]
 BearerVerifier = Callable[[str], Awaitable["VerifyOutcome"]]
@@ -84,6 +95,7 @@ class CheckService:
         metrics: Metrics,
         throttle: Throttle,
         clock: Callable[[], float] = time.time,
+        credential_current: Callable[[Identity], bool] | None = None,
     ) -> None:
         self._runtimes = {rt.app.name: rt for rt in runtimes}
         self._apps = routing.ApplicationIndex([rt.app for rt in runtimes])
@@ -97,6 +109,10 @@ class CheckService:
         self._clock = clock
         self._signin = BrowserSignIn(sessions=sessions, logins=logins, metrics=metrics, clock=clock)
         self._inflight: dict[tuple[str, str], asyncio.Future[VerifyOutcome]] = {}
+        self._waiting: dict[asyncio.Future[VerifyOutcome], int] = {}
+        # Whether the directory still holds the credential an identity was made from
+        # (SPEC §5 "Sessions from header auth"); checked on every session and cache hit.
+        self._current = credential_current or (lambda identity: True)
 
     # --- the entry point -----------------------------------------------------------
 
@@ -247,6 +263,19 @@ class CheckService:
             return None, False, True
         if record is None:
             return None, True, False
+        if not self._current(record.identity):
+            # Its directory credential is gone (a restart with a changed config): the
+            # session ends here, on every replica, and its cookie is expired.
+            with contextlib.suppress(StoreUnavailable):
+                await self._sessions.end(value)
+            event(
+                logging.INFO,
+                "session ended: credential no longer in the directory",
+                app=app.name,
+                user=record.identity.preferred_username,
+                request_id=request.request_id,
+            )
+            return None, True, False
         return record.identity, False, False
 
     # --- step 5: verifying a credential, through the shared cache ----------------------
@@ -266,27 +295,37 @@ class CheckService:
         if cached is not None and cached.ok:
             # Verified already: passes whatever the client's guessing count (SPEC §5).
             self._metrics.count_cache("credential", "hit")
-            return cached.outcome()
+            return self._cached_outcome(cached)
         retry_after = await self._throttle.blocked(app, request.client, username)
         if retry_after is not None:
             return Throttled(retry_after)
         if cached is not None:
             self._metrics.count_cache("credential", "hit")
             await self._throttle.rejected(app, request.client, username)
-            return cached.outcome()
+            return self._cached_outcome(cached)
         self._metrics.count_cache("credential", "miss")
 
         # One verification per credential per process at a time, run as a task of its
         # own: a caller whose RPC is cancelled (Envoy's timeout, a client gone) must not
-        # cancel it for the others waiting on the same credential.
+        # cancel it for the others waiting on the same credential. When the last of
+        # them has gone, it is cancelled: nobody would read its answer, and a hash
+        # still queued in the pool then never starts (SPEC §5).
         key = (app.name, header_value)
         task = self._inflight.get(key)
         first = task is None
         if task is None:
-            task = asyncio.ensure_future(self._verify_shared(rt, credential, header_value))
+            context = contextvars.copy_context()
+            context.run(requester.set, request.client)  # whose turn it is in the hash pool
+            task = asyncio.get_running_loop().create_task(
+                self._verify_shared(rt, credential, header_value), context=context
+            )
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._verification_done(key, done))
-        outcome = await asyncio.shield(task)
+        self._waiting[task] = self._waiting.get(task, 0) + 1
+        try:
+            outcome = await asyncio.shield(task)
+        finally:
+            self._stop_waiting(key, task)
         if isinstance(outcome, Rejected):
             await self._throttle.rejected(app, request.client, username)
         if not first:
@@ -304,6 +343,17 @@ class CheckService:
             )
         return outcome
 
+    def _stop_waiting(self, key: tuple[str, str], task: asyncio.Future[VerifyOutcome]) -> None:
+        left = self._waiting.get(task, 1) - 1
+        if left > 0:
+            self._waiting[task] = left
+            return
+        self._waiting.pop(task, None)
+        if not task.done():
+            task.cancel()
+            if self._inflight.get(key) is task:
+                del self._inflight[key]  # a caller arriving now starts afresh
+
     def _verification_done(self, key: tuple[str, str], task: asyncio.Future[VerifyOutcome]) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]
@@ -315,12 +365,17 @@ class CheckService:
     ) -> VerifyOutcome:
         """Ask the verifier unless another replica is asking about the same credential
         right now: then wait for its answer in the shared cache, and ask ourselves only
-        if it leaves none (SPEC §5: N replicas ask the IdP once per credential)."""
+        if it leaves none (SPEC §5: N replicas ask the IdP once per credential).
+
+        All of it, the wait for a peer included, shares one deadline (`oidc.timeout`,
+        or DIRECTORY_BUDGET): past it the answer is Unavailable, a 503 of ours well
+        before Envoy's timeout would answer with its own bare 503."""
         app = rt.app
         window = _claim_window(app)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _budget(app)
         claimed = await self._claim(app.name, header_value, window)
-        deadline = time.monotonic() + window
-        while not claimed and time.monotonic() < deadline:
+        while not claimed and loop.time() < deadline:
             await asyncio.sleep(_PEER_POLL)
             try:
                 cached = await self._credentials.get(app.name, header_value)
@@ -328,10 +383,12 @@ class CheckService:
                 break
             if cached is not None:
                 self._metrics.count_cache("credential", "peer")
-                return cached.outcome()
+                return self._cached_outcome(cached)
             # The other replica finished without caching (IdP down, an expiring token):
             # the claim is free again, and this replica asks.
             claimed = await self._claim(app.name, header_value, window)
+        if not claimed and loop.time() >= deadline:
+            return Unavailable("another replica is verifying it")  # and it has not answered
         try:
             if claimed:
                 # A peer may have verified it between our cache miss and our claim.
@@ -341,14 +398,25 @@ class CheckService:
                     cached = None
                 if cached is not None:
                     self._metrics.count_cache("credential", "peer")
-                    return cached.outcome()
-            outcome = await self._call_verifier(rt, credential)
+                    return self._cached_outcome(cached)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    outcome = await self._call_verifier(rt, credential)
+            except TimeoutError:
+                outcome = Unavailable("verification timed out")
             await self._cache_outcome(app, header_value, outcome)
         finally:
             if claimed:
                 with contextlib.suppress(StoreUnavailable):
                     await self._credentials.release(app.name, header_value)
         return outcome
+
+    def _cached_outcome(self, cached: CachedCredential) -> Verified | Rejected:
+        """A cached verdict, unless its directory credential has left the directory
+        since (the cache outlives restarts in Redis, and replicas may differ)."""
+        if cached.identity is not None and not self._current(cached.identity):
+            return Rejected("credential no longer in the directory")
+        return cached.outcome()
 
     async def _claim(self, app: str, header_value: str, window: float) -> bool:
         try:
@@ -404,7 +472,7 @@ class CheckService:
     async def _with_new_session(
         self, request: AuthRequest, app: Application, allow: Allow, identity: Identity
     ) -> Allow:
-        expires_at = steps.session_expiry(app, identity, self._clock())
+        expires_at = steps.session_expiry(app, identity, self._clock(), from_header=True)
         if expires_at - self._clock() < 1:
             return allow
         try:
@@ -422,6 +490,11 @@ class CheckService:
         return allow.with_response_headers(
             ("set-cookie", steps.session_set_cookie(app, value, expires_at, self._clock()))
         )
+
+
+def _budget(app: Application) -> float:
+    """The deadline of one verification of a credential for `app` (SPEC §5)."""
+    return app.oidc.timeout if app.oidc is not None else DIRECTORY_BUDGET
 
 
 def _claim_window(app: Application) -> float:

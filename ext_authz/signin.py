@@ -8,6 +8,7 @@ redirect loop), or a 503 page with Retry-After when the store or the IdP is down
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -174,17 +175,21 @@ class BrowserSignIn:
                 reason="callback_bad_state",
                 link=start_link,
             )
+        assert app.oidc is not None
         try:
-            tokens = await oidc.exchange_code(code, str(record["verifier"]), app.redirect_uri)
-            claims = await oidc.verify_id_token(tokens.id_token, nonce=str(record["nonce"]))
-            attributes_claim = app.oidc.attributes_claim if app.oidc else ""
-            if not attributes_at(claims, attributes_claim) and tokens.access_token:
-                # The id_token lacks the attributes: userinfo fills what is missing,
-                # provided it speaks of the same subject (OIDC Core §5.3.2).
-                extra = await oidc.userinfo(tokens.access_token)
-                if extra.get("sub") == claims.get("sub"):
-                    claims = {**extra, **claims}
-        except IdPUnavailable:
+            # One deadline for the exchange, the JWKS and userinfo (SPEC §5): past it
+            # the browser gets our 503 page, not Envoy's after its own timeout.
+            async with asyncio.timeout(app.oidc.timeout):
+                tokens = await oidc.exchange_code(code, str(record["verifier"]), app.redirect_uri)
+                claims = await oidc.verify_id_token(tokens.id_token, nonce=str(record["nonce"]))
+                attributes_claim = app.oidc.attributes_claim
+                if not attributes_at(claims, attributes_claim) and tokens.access_token:
+                    # The id_token lacks the attributes: userinfo fills what is missing,
+                    # provided it speaks of the same subject (OIDC Core §5.3.2).
+                    extra = await oidc.userinfo(tokens.access_token)
+                    if extra.get("sub") == claims.get("sub"):
+                        claims = {**extra, **claims}
+        except (IdPUnavailable, TimeoutError):
             return unavailable_page(store=False)
         except TokenError as exc:
             event(
@@ -201,7 +206,6 @@ class BrowserSignIn:
                 reason="callback_token_error",
                 link=start_link,
             )
-        assert app.oidc is not None
         try:
             identity = identity_from_claims(
                 claims,

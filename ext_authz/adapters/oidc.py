@@ -9,6 +9,12 @@ It owns every HTTP call to the IdP and turns its answers into values:
   `IdPUnavailable` on faults and `TokenError` (a ValueError) when the IdP or the
   token says no.
 
+One deadline per verification (SPEC §5 "IdP unreachable"): every IdP call one
+`verify_*` makes (discovery, JWKS, token, userinfo, introspection) shares
+`oidc.timeout`, counted from the call; when it runs out the outcome is `Unavailable`
+(a 503 with Retry-After of ours), never a late answer after Envoy's own timeout. The
+browser sign-in wraps its code exchange the same way (`ext_authz.signin`).
+
 Nothing is fetched in the constructor: discovery happens on first use and is cached
 once good, so a service whose IdP is down still starts; after a failed discovery the
 next attempt waits `DISCOVERY_RETRY` seconds.
@@ -26,7 +32,7 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -182,8 +188,30 @@ class OIDCClient:
 
     # --- receiving header authentication (never raise) ------------------------------
 
+    async def _within_deadline(self, work: Awaitable[VerifyOutcome]) -> VerifyOutcome:
+        """`work`'s outcome, or Unavailable once `oidc.timeout` has passed."""
+        timeout = self._settings.timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await work
+        except TimeoutError:
+            return Unavailable(f"no answer within {timeout:g}s")
+
     async def verify_app_password(self, username: str, password: str) -> VerifyOutcome:
         """authentik's app password: the client_credentials grant with username/password."""
+        return await self._within_deadline(self._verify_app_password(username, password))
+
+    async def verify_password_grant(self, username: str, password: str) -> VerifyOutcome:
+        """The OAuth 2.0 password grant; identity from the id_token, else userinfo."""
+        return await self._within_deadline(self._verify_password_grant(username, password))
+
+    async def verify_bearer(
+        self, token: str, mode: BearerMode, audiences: tuple[str, ...] = ()
+    ) -> VerifyOutcome:
+        """A bearer token, as a JWT against the JWKS or by RFC 7662 introspection."""
+        return await self._within_deadline(self._verify_bearer(token, mode, audiences))
+
+    async def _verify_app_password(self, username: str, password: str) -> VerifyOutcome:
         form = {
             "grant_type": "client_credentials",
             "client_id": self._settings.client_id,
@@ -206,8 +234,7 @@ class OIDCClient:
         except TokenError as exc:
             return Rejected(exc.error)
 
-    async def verify_password_grant(self, username: str, password: str) -> VerifyOutcome:
-        """The OAuth 2.0 password grant; identity from the id_token, else userinfo."""
+    async def _verify_password_grant(self, username: str, password: str) -> VerifyOutcome:
         form = {
             "grant_type": "password",
             "username": username,
@@ -235,10 +262,9 @@ class OIDCClient:
         except TokenError as exc:
             return Rejected(exc.error)
 
-    async def verify_bearer(
-        self, token: str, mode: BearerMode, audiences: tuple[str, ...] = ()
+    async def _verify_bearer(
+        self, token: str, mode: BearerMode, audiences: tuple[str, ...]
     ) -> VerifyOutcome:
-        """A bearer token, as a JWT against the JWKS or by RFC 7662 introspection."""
         try:
             d = await self.discovery()
             if mode == "auto":

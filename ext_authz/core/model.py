@@ -64,6 +64,9 @@ class Identity:
     identity was verified. `token` is the raw token the identity came from (sent
     upstream as `X-authentik-jwt`); `id_token` is kept for the sign-out hint.
     `expires_at` is the token's `exp` (epoch seconds) when it had one.
+    `credential_ref` names the directory credential the identity was verified with (a
+    keyed reference, never the secret), so a session or cached credential made from
+    it ends when the directory no longer holds it; "" for identities from the IdP.
     """
 
     sub: str
@@ -77,6 +80,7 @@ class Identity:
     id_token: str = field(default="", repr=False)
     provider: str = ""
     expires_at: float | None = None
+    credential_ref: str = field(default="", repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +95,7 @@ class Identity:
             "id_token": self.id_token,
             "provider": self.provider,
             "expires_at": self.expires_at,
+            "credential_ref": self.credential_ref,
         }
 
     @classmethod
@@ -109,6 +114,7 @@ class Identity:
             id_token=str(data.get("id_token") or ""),
             provider=str(data.get("provider") or ""),
             expires_at=float(expires_at) if expires_at is not None else None,
+            credential_ref=str(data.get("credential_ref") or ""),
         )
 
 

@@ -257,9 +257,15 @@ def _expiring(facts: Facts, deny: Deny) -> Deny:
     return deny
 
 
-def session_expiry(app: Application, identity: Identity, now: float) -> float:
-    """min(session_lifetime, the token's exp) from now (SPEC §6)."""
-    expires = now + app.session_lifetime
+def session_expiry(
+    app: Application, identity: Identity, now: float, *, from_header: bool = False
+) -> float:
+    """min(session_lifetime, the token's exp) from now (SPEC §6); a session made from
+    header auth also at most `receive.header_session_lifetime` (SPEC §5)."""
+    lifetime = app.session_lifetime
+    if from_header:
+        lifetime = min(lifetime, app.receive.header_session_lifetime)
+    expires = now + lifetime
     if identity.expires_at is not None:
         expires = min(expires, identity.expires_at)
     return expires

@@ -663,8 +663,11 @@ def test_replica_sigterm_drains_in_flight_checks(
     assert pending_at_term >= 1, (
         "no direct check was in flight at SIGTERM: the drill proves nothing"
     )
-    # Every check in flight at SIGTERM was answered (a 401: a wrong password), none cut off.
-    assert answers == ["16/401"] * len(batch), answers
+    # Every check in flight at SIGTERM was answered, none cut off: a 401 (a wrong
+    # password, hashed), or, for a guess the one-at-a-time hash pool could not reach
+    # before the grace period ended, a deliberate 503 with Retry-After (SPEC §5).
+    assert set(answers) <= {"16/401", "14/503"}, answers
+    assert "16/401" in answers, answers
     assert code == 0
     assert exited_after <= grace + 1.0, exited_after
     # Nothing through Envoy failed because of the drain: no 503 of any kind, no error.

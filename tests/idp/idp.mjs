@@ -310,7 +310,7 @@ provider.registerGrantType(
 provider.registerGrantType('password', userCredentialGrant('password'), ['scope', 'username', 'password']);
 
 // ---------------------------------------------------------------------------------------
-// Middleware: request counting, body rewriting, test routes
+// Middleware: request counting, delays, body rewriting, test routes
 
 const ENDPOINTS = [
   ['discovery', (p) => p === '/.well-known/openid-configuration'],
@@ -388,6 +388,17 @@ provider.use(async function countRequests(ctx, next) {
   }
 });
 
+// Per-endpoint delays (milliseconds), set by POST /_test/delay: a slow IdP, endpoint by
+// endpoint, for the tests of ext-authz's deadline. Test routes are never delayed.
+let delays = {};
+
+provider.use(async function delayEndpoints(ctx, next) {
+  const endpoint = ENDPOINTS.find(([, match]) => match(ctx.path));
+  const ms = endpoint ? delays[endpoint[0]] : undefined;
+  if (ms) await new Promise((resolve) => setTimeout(resolve, ms));
+  await next();
+});
+
 provider.use(async function rewriteBodies(ctx, next) {
   // userinfo: a JWT access token issued here stands for its opaque twin.
   const auth = ctx.get('authorization');
@@ -446,6 +457,30 @@ provider.use(async function testRoutes(ctx, next) {
   ctx.set('Cache-Control', 'no-store');
   if (ctx.method === 'GET' && ctx.path === '/_test/stats') {
     ctx.body = stats;
+    return;
+  }
+  if (ctx.path === '/_test/delay' && ctx.method === 'GET') {
+    ctx.body = delays;
+    return;
+  }
+  if (ctx.path === '/_test/delay' && ctx.method === 'POST') {
+    // The whole mapping is replaced: {"discovery": 2500, "token": 2500}; {} clears it.
+    let body;
+    try {
+      body = JSON.parse((await readRawBody(ctx.req)) || '{}');
+    } catch {
+      body = undefined;
+    }
+    const names = new Set(ENDPOINTS.map(([name]) => name));
+    const valid = body && typeof body === 'object' && !Array.isArray(body)
+      && Object.entries(body).every(([k, v]) => names.has(k) && Number.isInteger(v) && v >= 0 && v <= 60000);
+    if (!valid) {
+      ctx.status = 400;
+      ctx.body = { error: 'invalid_request', error_description: `{endpoint: ms} with endpoints ${[...names].join(', ')}` };
+      return;
+    }
+    delays = body;
+    ctx.body = delays;
     return;
   }
   if (ctx.method === 'POST' && ctx.path === '/_test/reset') {

@@ -22,7 +22,7 @@ import jwt
 import pytest
 
 from tests.integration.idp_world import ALICE, EXPECTED_ATTRIBUTES, GROUPS, HS_CLIENT
-from tests.stack.idp import IdP, IdPClient
+from tests.stack.idp import IdP, IdPClient, IdPError
 
 pytestmark = pytest.mark.integration
 
@@ -246,6 +246,20 @@ def test_stats_count_requests(idp: IdP) -> None:
     assert stats["introspection"] == 0
     idp.reset_stats()
     assert idp.stats()["token"] == 0
+
+
+def test_delays_slow_down_only_the_endpoints_named(idp: IdP) -> None:
+    """The knob the deadline tests use: only the named endpoint waits, and `{}` clears."""
+    with pytest.raises(IdPError):
+        idp.delay(nowhere=5)
+    idp.delay(jwks=400)
+    try:
+        slow = httpx.get(idp.jwks_uri, timeout=5.0)
+        assert slow.status_code == 200 and slow.elapsed.total_seconds() >= 0.35
+        assert httpx.get(f"{idp.issuer}/_test/delay", timeout=5.0).json() == {"jwks": 400}
+    finally:
+        idp.delay()
+    assert httpx.get(f"{idp.issuer}/_test/delay", timeout=5.0).json() == {}
 
 
 def test_client_secret_basic_client(idp: IdP) -> None:

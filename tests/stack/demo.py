@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 from argon2 import PasswordHasher
 
+from ext_authz.crypto import hash_token
 from tests.stack.caddy import Caddy
 from tests.stack.echo import EchoServer
 from tests.stack.envoy import HTTP_TEMPLATE, Envoy
@@ -202,6 +203,13 @@ def _hash(secret: str) -> str:
     return PasswordHasher().hash(secret)
 
 
+@cache
+def _hash_token(token: str, secret: str = SECRET) -> str:
+    # A static token's hash carries its keyed lookup digest as salt (ext_authz.crypto),
+    # as `ext-authz hash-password --token -c CONFIG` makes it.
+    return hash_token(secret.encode(), token)
+
+
 def directory() -> dict[str, Any]:
     return {
         "groups": {g: {"attributes": dict(attrs)} for g, attrs in GROUPS.items()},
@@ -213,7 +221,7 @@ def directory() -> dict[str, Any]:
                 "groups": list(u.groups),
                 "attributes": dict(u.attributes),
                 "app_passwords": [_hash(u.app_password)],
-                "tokens": [_hash(t) for t in u.tokens],
+                "tokens": [_hash_token(t) for t in u.tokens],
             }
             for u in USERS
         ],

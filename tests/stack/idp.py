@@ -5,8 +5,8 @@ login form that checks the user's password, introspection, userinfo, RP-initiate
 logout, authentik's `client_credentials` grant with username + app password, the
 password grant, and claims shaped like authentik's (groups, entitlements,
 `ak_proxy.user_attributes`).  Test-only routes under `/_test/` count requests per
-endpoint and mint access tokens.  State lives in the Node process's memory: a restart
-forgets every token and generates a new signing key.
+endpoint, mint access tokens and delay endpoints.  State lives in the Node process's
+memory: a restart forgets every token and generates a new signing key.
 """
 
 from __future__ import annotations
@@ -208,6 +208,13 @@ class IdP:
 
     def reset_stats(self) -> None:
         httpx.post(f"{self.issuer}/_test/reset", timeout=5.0).raise_for_status()
+
+    def delay(self, **milliseconds: int) -> None:
+        """Answer these endpoints that much later (discovery, jwks, token, userinfo,
+        introspection, ...), e.g. `delay(token=2500)`; `delay()` removes every delay."""
+        r = httpx.post(f"{self.issuer}/_test/delay", json=milliseconds, timeout=5.0)
+        if r.status_code != 200:
+            raise IdPError(f"delay failed: HTTP {r.status_code} {r.text}")
 
     def mint_access_token(
         self,

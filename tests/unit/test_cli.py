@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 from argon2 import PasswordHasher, Type, extract_parameters
 
 from ext_authz.cli import main
+from ext_authz.crypto import token_hash_salt, token_lookup_salt
 
 ROOT = Path(__file__).parents[2]
 CONFIGS = Path(__file__).parent / "configs"
@@ -64,11 +66,16 @@ def test_check_config_prints_the_redacted_effective_config() -> None:
     assert whoami["oidc"]["client_secret"] == "**redacted**"
     assert whoami["receive"]["basic"]["verify"] == "authentik"
     assert local["receive"]["bearer"]["verify"] == "directory"
+    assert whoami["receive"]["header_session_lifetime"] == 3600.0
 
 
-def test_check_config_substitutes_the_environment() -> None:
+def test_check_config_substitutes_the_environment(tmp_path: Path) -> None:
     value = "env-secret-value-abcdefghijklmnopqrstuvwxyz"
-    code, out, err = run("check-config", "-c", str(CONFIGS / "good.yaml"),
+    # Without the token: its hash is bound to the file's default secret.
+    config = tmp_path / "good.yaml"
+    text = (CONFIGS / "good.yaml").read_text()
+    config.write_text(re.sub(r"^ *tokens: .*\n", "", text, flags=re.MULTILINE))
+    code, out, err = run("check-config", "-c", str(config),
                          env={"TEST_EXT_AUTHZ_SECRET": value})  # fmt: skip
     assert code == 0, err
     assert value not in out and value not in err
@@ -157,3 +164,23 @@ def test_usage_errors_return_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["no-such-command"]) == 2
     assert main(["--help"]) == 0
     assert "check-config" in capsys.readouterr().out
+
+
+def test_hash_password_token_is_keyed_by_the_configs_secret(tmp_path: Path) -> None:
+    secret = "cli-token-secret-0123456789abcdefghij"
+    config = tmp_path / "c.yaml"
+    config.write_text("secret: ${TEST_EXT_AUTHZ_SECRET}\n")
+    env = {"TEST_EXT_AUTHZ_SECRET": secret}
+    code, out, err = run("hash-password", "--token", "-c", str(config), stdin="tok-1\n", env=env)
+    assert code == 0, err
+    digest = out.strip()
+    assert PasswordHasher().verify(digest, "tok-1")
+    salt = token_hash_salt(digest)
+    assert salt == token_lookup_salt(secret.encode(), "tok-1")  # the token finds it
+    assert "tok-1" not in out + err and secret not in out + err
+    # Without a config there is no key; with a broken one, its error.
+    code, _, err = run("hash-password", "--token", stdin="tok-1\n")
+    assert code == 2 and "needs -c CONFIG" in err
+    config.write_text("secret: short\n")
+    code, _, err = run("hash-password", "--token", "-c", str(config), stdin="tok-1\n")
+    assert code == 2 and "secret: must be at least 32 bytes" in err

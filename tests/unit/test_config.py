@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from argon2 import PasswordHasher
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
@@ -20,6 +21,7 @@ from ext_authz.config import (
     Application,
     ReceiveSettings,
     Settings,
+    load_secret,
     load_settings,
     parse_duration,
     parse_settings,
@@ -27,6 +29,7 @@ from ext_authz.config import (
     redact_store_url,
     redacted,
 )
+from ext_authz.crypto import hash_token
 from ext_authz.durations import MAX_SECONDS
 from ext_authz.errors import ConfigError
 
@@ -153,6 +156,7 @@ def test_minimal_config_takes_the_documented_defaults() -> None:
     assert (receive.bearer.enabled, receive.bearer.verify) == (True, "auto")
     assert (receive.audiences, receive.cache_ttl, receive.negative_cache_ttl) == ((), 60, 5)
     assert receive.create_session is True
+    assert receive.header_session_lifetime == 3600
     send = app.send
     assert (send.basic.enabled, send.basic.username_attribute, send.basic.password_attribute) == (
         False,
@@ -751,3 +755,47 @@ def test_unreadable_yaml_values_are_config_errors(tmp_path: Path) -> None:
         load_settings(path)
     assert "cannot be read" in info.value.errors[0]
     assert "9999" not in info.value.errors[0]
+
+
+# --- static tokens: hashes that carry their keyed lookup digest (SPEC §5) -------------
+
+
+def test_token_hashes_must_be_made_for_this_secret() -> None:
+    fast = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    good = hash_token(SECRET.encode(), "t-1", fast)
+    data = base()
+    data["directory"]["users"][0]["tokens"] = [good]
+    assert parse_settings(data, {}).directory is not None
+    # A random salt (plain hash-password), another secret, or the same token twice.
+    data["directory"]["users"].append(
+        {
+            "username": "bob",
+            "tokens": [
+                fast.hash("t-2"),
+                hash_token(b"another-secret-0123456789abcdef-0123", "t-3", fast),
+                hash_token(SECRET.encode(), "t-1", fast),
+            ],
+        }
+    )
+    assert errors_of(data) == [
+        "directory.users[1].tokens[0]: not a token hash made for this secret (static tokens "
+        "are looked up by a keyed digest: make the hash with `ext-authz hash-password "
+        "--token -c CONFIG`, again after changing `secret`)",
+        "directory.users[1].tokens[1]: not a token hash made for this secret (static tokens "
+        "are looked up by a keyed digest: make the hash with `ext-authz hash-password "
+        "--token -c CONFIG`, again after changing `secret`)",
+        "directory.users[1].tokens[2]: the same token as directory.users[0].tokens[0]",
+    ]
+
+
+def test_load_secret_reads_only_the_secret(tmp_path: Path) -> None:
+    (tmp_path / "s").write_text(SECRET + "\n")
+    config = tmp_path / "c.yaml"
+    config.write_text("secret_file: ${DIR}/s\ndirectory: {users: [{tokens: [old]}]}\n")
+    assert load_secret(config, {"DIR": str(tmp_path)}) == SECRET.encode()
+    config.write_text("secret: short\n")
+    with pytest.raises(ConfigError, match="secret: must be at least 32 bytes long"):
+        load_secret(config, {})
+    config.write_text("applications: []\n")
+    with pytest.raises(ConfigError, match="secret: required key is missing"):
+        load_secret(config, {})

@@ -44,8 +44,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ext_authz.config import ServerSettings
+from ext_authz.config import OIDCSettings, ServerSettings
 from ext_authz.durations import parse_duration
+from ext_authz.service import DIRECTORY_BUDGET
 from tests.stack import demo
 from tests.stack.caddy import adapt_config as adapt_caddy_config
 from tests.stack.caddy import render_config as render_caddy
@@ -372,7 +373,7 @@ def test_production_ext_authz_settings() -> None:
     assert protocol["headers_with_underscores_action"] == "REJECT_REQUEST"
     authz = ext_authz_filter(manager)
     assert authz["grpc_service"]["envoy_grpc"]["cluster_name"] == "ext_authz"
-    assert authz["grpc_service"]["timeout"] == "3s"
+    assert authz["grpc_service"]["timeout"] == "5s"
     assert authz["failure_mode_allow"] is False
     assert authz["status_on_error"] == {"code": 503}
     assert authz["transport_api_version"] == "V3"
@@ -1020,12 +1021,17 @@ def verifies(hasher: PasswordHasher, hashed: str, secret: str) -> bool:
 
 
 def test_compose_ext_authz_config_passes_check_config() -> None:
-    proc = check_config(COMPOSE_DIR / "ext-authz.yaml", EXT_AUTHZ_SECRET=TEST_SECRET)
+    # bob's static token hash is bound to the secret docker-compose.yml defaults to.
+    proc = check_config(COMPOSE_DIR / "ext-authz.yaml", EXT_AUTHZ_SECRET=demo.SECRET)
     assert proc.returncode == 0, proc.stderr
     effective = yaml.safe_load(proc.stdout)
     assert effective["server"]["workers"] == 1
     assert effective["store"]["url"] == "redis://redis:6379/0"
-    assert TEST_SECRET not in proc.stdout
+    assert demo.SECRET not in proc.stdout
+    # With any other secret, check-config names the token hash that could never match.
+    other = check_config(COMPOSE_DIR / "ext-authz.yaml", EXT_AUTHZ_SECRET=TEST_SECRET)
+    assert other.returncode == 2
+    assert "directory.users[1].tokens[0]: not a token hash made for this secret" in other.stderr
 
 
 # -- Istio -----------------------------------------------------------------------------
@@ -1193,7 +1199,7 @@ def test_istio_mesh_provider_and_policy(istio: dict[tuple[str, str], dict[str, A
     meta = service["metadata"]
     assert grpc_provider["service"] == f"{meta['name']}.{meta['namespace']}.svc.cluster.local"
     assert grpc_provider["port"] == grpc["port"]
-    assert grpc_provider["timeout"] == "3s"
+    assert grpc_provider["timeout"] == "5s"
     assert grpc_provider["failOpen"] is False
     assert grpc_provider["statusOnError"] == "503"
 
@@ -1320,3 +1326,92 @@ def test_docker_build_context_makes_a_complete_wheel(tmp_path: Path) -> None:
         assert "ext-authz = ext_authz.cli:main" in archive.read(entry_points).decode()
     assert "ext_authz/_proto/envoy/service/auth/v3/external_auth_pb2.py" in names
     assert "ext_authz/cli.py" in names
+
+
+# -- ext-authz's deadline below Envoy's timeout (SPEC §5, issue 11 finding 10) ----------
+
+MARGIN = 1.0  # seconds left for the store round trips around a verification
+
+
+def shipped_ext_authz_configs() -> dict[str, dict[str, Any]]:
+    """Every ext-authz config we ship, by where it lives."""
+    istio_docs = [d for d in yaml.safe_load_all((ISTIO_DIR / "ext-authz.yaml").read_text()) if d]
+    (configmap,) = [d for d in istio_docs if d["kind"] == "ConfigMap"]
+    return {
+        "examples/config.yaml": load_yaml(ROOT / "examples" / "config.yaml"),
+        "deploy/compose/ext-authz.yaml": compose_ext_authz_config(),
+        "deploy/istio/ext-authz.yaml": yaml.safe_load(configmap["data"]["config.yaml"]),
+        "tests/stack/demo.py": demo.ext_authz_config(8080, idp=None)
+        | {"applications": [demo.whoami_app(8080), demo.oidc_app(8080, "http://idp:1")]},
+    }
+
+
+def verification_budget(config: dict[str, Any]) -> float:
+    """The longest one verification may take in this config: an application's
+    oidc.timeout (its default when unset), or the directory's budget without oidc."""
+    default = OIDCSettings.model_fields["timeout"].default
+    budgets = []
+    for app in config["applications"]:
+        oidc = app.get("oidc")
+        if oidc is None:
+            budgets.append(DIRECTORY_BUDGET)
+        else:
+            budgets.append(parse_duration(oidc.get("timeout", default)))
+    return max(budgets)
+
+
+def shipped_envoy_timeouts() -> dict[str, float]:
+    """The ext_authz call timeout (and per-try timeout) of every shipped Envoy and
+    Istio config: the shortest of them per file."""
+    rendered = yaml.safe_load(
+        render_config(listen_port=1, admin_port=0, ext_authz_ports=[2], echo_port=3)
+    )
+    documents: dict[str, Any] = {
+        "envoy/envoy.yaml.tmpl": rendered,
+        **{f"envoy/{p.name}": load_yaml(p) for p in sorted((ROOT / "envoy").glob("*.yaml"))},
+        "deploy/compose/envoy.yaml": load_yaml(COMPOSE_DIR / "envoy.yaml"),
+    }
+    out: dict[str, float] = {}
+    for name, document in documents.items():
+        found = []
+        for node in walk(document):
+            if node.get("@type") != EXT_AUTHZ_TYPE:
+                continue
+            service = node.get("grpc_service") or node["http_service"]["server_uri"]
+            assert "timeout" in service, f"{name}: the ext_authz timeout is Envoy's 200 ms"
+            found.append(parse_duration(service["timeout"]))
+            retry = node.get("grpc_service", {}).get("retry_policy")
+            if retry is not None:  # Envoy 1.40: max_interval is the per-try timeout
+                found.append(parse_duration(retry["retry_back_off"]["max_interval"]))
+        assert found, f"{name}: no ext_authz filter"
+        out[name] = min(found)
+    operator = load_yaml(ISTIO_DIR / "mesh-config.yaml")
+    for provider in operator["spec"]["meshConfig"]["extensionProviders"]:
+        for kind in ("envoyExtAuthzGrpc", "envoyExtAuthzHttp"):
+            if kind in provider:
+                out[f"deploy/istio/mesh-config.yaml:{provider['name']}"] = parse_duration(
+                    provider[kind]["timeout"]
+                )
+    return out
+
+
+def test_every_shipped_config_answers_before_envoy_gives_up() -> None:
+    """Any shipped Envoy/Istio config may front any shipped ext-authz config: the
+    longest verification deadline plus a margin stays below the shortest timeout, so
+    a slow IdP gets ext-authz's 503 with Retry-After, never Envoy's bare one."""
+    budgets = {name: verification_budget(c) for name, c in shipped_ext_authz_configs().items()}
+    timeouts = shipped_envoy_timeouts()
+    assert len(timeouts) >= 4 and len(budgets) == 4
+    longest = max(budgets.values())
+    too_short = {n: t for n, t in timeouts.items() if longest + MARGIN > t}
+    assert not too_short, (
+        f"ext_authz timeouts {too_short} leave less than {MARGIN}s above the longest "
+        f"verification deadline ({longest}s, of {budgets})"
+    )
+
+
+def test_the_deadline_check_catches_a_short_timeout() -> None:
+    """The walker finds what it checks: a 3 s timeout against oidc.timeout 3 s fails."""
+    budget = verification_budget({"applications": [{"oidc": {}}, {"name": "dir"}]})
+    assert budget == 3.0
+    assert budget + MARGIN > parse_duration("3s")

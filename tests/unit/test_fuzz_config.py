@@ -26,6 +26,10 @@ from ext_authz.errors import ConfigError
 CONFIGS = Path(__file__).parent / "configs"
 GOOD_TEXT = (CONFIGS / "good.yaml").read_text()
 GOOD: dict[str, Any] = yaml.safe_load(GOOD_TEXT)
+# The fuzzer substitutes another secret (ENVIRON), and a static token's hash is bound to
+# the secret it was made for: the mutations start from a directory without tokens.
+for _user in GOOD["directory"]["users"]:
+    _user["tokens"] = []
 # Secrets of good.yaml that check-config must never print. (Not `attr-pass-91c2`: it is
 # secret only while an application names `upstream_pw` as its password_attribute, and a
 # mutation may drop that application.)
@@ -98,6 +102,7 @@ KNOWN_KEYS = (
     "cache_ttl",
     "negative_cache_ttl",
     "create_session",
+    "header_session_lifetime",
     "send",
     "username_attribute",
     "password_attribute",
@@ -113,6 +118,7 @@ DURATION_KEYS = frozenset(
         "session_lifetime",
         "cache_ttl",
         "negative_cache_ttl",
+        "header_session_lifetime",
     }
 )
 URL_KEYS = frozenset({"url", "external_host", "issuer", "listen", "http_listen", "cookie_domain"})

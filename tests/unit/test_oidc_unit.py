@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -146,6 +147,7 @@ def make_client(
     observed: list[tuple[str, str]] | None = None,
     monotonic: Callable[[], float] = time.monotonic,
     issuer: str = ISSUER,
+    timeout: float = 2.0,
 ) -> OIDCClient:
     settings = OIDCSettings(
         issuer=issuer,
@@ -153,7 +155,7 @@ def make_client(
         client_secret=SecretStr(secret) if secret is not None else None,
         client_auth=client_auth,  # type: ignore[arg-type]
         scopes=("openid", "profile", "email", "ak_proxy"),
-        timeout=2.0,
+        timeout=timeout,
     )
     http = httpx.AsyncClient(transport=httpx.MockTransport(idp))
     observe = observed.append if observed is not None else None
@@ -666,3 +668,38 @@ async def test_userinfo(idp: FakeIdP) -> None:
     del idp.discovery["userinfo_endpoint"]
     with pytest.raises(TokenError):
         await make_client(idp).userinfo("at")
+
+
+# --- one deadline per verification (SPEC §5 "IdP unreachable") ------------------------
+
+
+def slow(handler: Callable[[httpx.Request], httpx.Response], seconds: float) -> Any:
+    async def delayed(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(seconds)
+        return handler(request)
+
+    return delayed
+
+
+@pytest.mark.parametrize("method", ["app_password", "password_grant", "bearer_jwt"])
+async def test_every_idp_call_of_a_verification_shares_one_deadline(
+    idp: FakeIdP, method: str
+) -> None:
+    # Each call alone answers well within oidc.timeout; discovery + token + JWKS together
+    # do not. (The mock transport applies no per-request timeout of its own.)
+    per_call = 0.3
+    client = make_client(idp, timeout=0.5)
+    transport = httpx.MockTransport(slow(idp, per_call))
+    client._http = httpx.AsyncClient(transport=transport)  # type: ignore[attr-defined]
+    started = time.monotonic()
+    if method == "app_password":
+        outcome = await client.verify_app_password("alice", "pw")
+    elif method == "password_grant":
+        outcome = await client.verify_password_grant("alice", "pw")
+    else:
+        outcome = await client.verify_bearer(rs256(claims()), "jwt")
+    assert outcome == Unavailable("no answer within 0.5s")
+    assert time.monotonic() - started < 3 * per_call  # bounds the failure only
+    # Nothing sticks: with the IdP fast again, the same client verifies.
+    client._http = httpx.AsyncClient(transport=httpx.MockTransport(idp))  # type: ignore[attr-defined]
+    assert isinstance(await client.verify_app_password("alice", "pw"), Verified)

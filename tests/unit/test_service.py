@@ -10,25 +10,31 @@ from __future__ import annotations
 import asyncio
 import base64
 import string
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
+from argon2 import PasswordHasher
 from prometheus_client import CollectorRegistry
 
+from ext_authz.adapters.directory import DirectoryVerifier
 from ext_authz.adapters.memory_store import MemoryStore
 from ext_authz.adapters.oidc import Discovery, TokenError, TokenSet
+from ext_authz.config import Application, Directory
 from ext_authz.core.decision import Allow, Deny
 from ext_authz.core.login import MAX_RETURN_URL
 from ext_authz.core.model import AuthRequest, Identity, Rejected, Unavailable, Verified
 from ext_authz.errors import IdPUnavailable, StoreUnavailable
+from ext_authz.hash_pool import HashPool
 from ext_authz.metrics import Metrics
 from ext_authz.service import AppRuntime, CheckService
 from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
 from ext_authz.throttle import Throttle
-from tests.unit.conftest import make_app
+from tests.unit.conftest import app_config, apps, make_app
 
 SECRET = b"unit-test-secret-0123456789abcdef-0123"
 APP = make_app(external_host="https://app.example.com")
@@ -48,6 +54,7 @@ ALICE = Identity(
 class FakeOIDC:
     down: bool = False
     exchange_error: str = ""
+    exchange_hangs: bool = False
     claims: dict[str, Any] = field(
         default_factory=lambda: {"sub": "alice", "preferred_username": "alice"}
     )
@@ -64,6 +71,8 @@ class FakeOIDC:
             raise IdPUnavailable("down")
         if self.exchange_error:
             raise TokenError(self.exchange_error)
+        if self.exchange_hangs:
+            await asyncio.Event().wait()
         return TokenSet(access_token="at", id_token="id.token.x", expires_in=300, raw={})
 
     async def verify_id_token(self, id_token: str, *, nonce: str | None) -> dict[str, Any]:
@@ -126,17 +135,24 @@ def service(
     basic: Verifier | None = None,
     bearer: Verifier | None = None,
     local_ttl: float = 0.0,
+    app: Application = APP,
+    clock: Callable[[], float] = time.time,
+    credential_current: Callable[[Identity], bool] | None = None,
 ) -> tuple[CheckService, MemoryStore]:
     store = store or MemoryStore("t:")
-    runtime = AppRuntime(app=APP, verify_basic=basic, verify_bearer=bearer, oidc=oidc)  # type: ignore[arg-type]
+    runtime = AppRuntime(app=app, verify_basic=basic, verify_bearer=bearer, oidc=oidc)  # type: ignore[arg-type]
     return (
         CheckService(
             [runtime],
-            sessions=SessionRepository(store, secret=SECRET, local_ttl=local_ttl),
-            credentials=CredentialCache(store, secret=SECRET, local_ttl=local_ttl),
-            logins=LoginStateRepository(store, secret=SECRET),
+            sessions=SessionRepository(store, secret=SECRET, local_ttl=local_ttl, clock_wall=clock),
+            credentials=CredentialCache(
+                store, secret=SECRET, local_ttl=local_ttl, clock_wall=clock
+            ),
+            logins=LoginStateRepository(store, secret=SECRET, clock_wall=clock),
             metrics=(metrics := Metrics(CollectorRegistry())),
             throttle=Throttle(store, secret=SECRET, metrics=metrics),
+            clock=clock,
+            credential_current=credential_current,
         ),
         store,
     )
@@ -578,3 +594,219 @@ def test_undeclared_additional_headers_are_logged_by_name_only(
     assert line.headers == ["X-Floor", "X-authentik-uid"]  # type: ignore[attr-defined]
     assert line.app == APP.name and line.request_id == "rid-1"  # type: ignore[attr-defined]
     assert "secret-floor" not in caplog.text
+
+
+# --- the cost of a guess: no work for a verification nobody waits for (SPEC §5) -------
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until `condition` holds (bounded; no timing involved)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+def _directory_verifier(pool: HashPool) -> DirectoryVerifier:
+    fast = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    directory = Directory.model_validate(
+        {"users": [{"username": "alice", "app_passwords": [fast.hash("alice-pw")]}]}
+    )
+    return DirectoryVerifier(directory, secret=SECRET, pool=pool)
+
+
+@pytest.mark.parametrize("cancelled", [1, 2])
+def test_a_queued_hash_whose_checks_all_left_never_starts(cancelled: int) -> None:
+    pool = HashPool(1)
+    verifier = _directory_verifier(pool)
+    svc, _ = service(basic=verifier.verify_password)
+    header_value = basic_header("alice", "wrong-guess")
+    gate = threading.Event()
+
+    async def scenario() -> list[Any]:
+        blocker = asyncio.ensure_future(pool.run(lambda: gate.wait(10), client="other"))
+        await _until(lambda: pool.running == 1)
+        checks = [
+            asyncio.ensure_future(svc.check(request(authorization=header_value))) for _ in range(2)
+        ]
+        await _until(lambda: pool.pending == 1)  # one verification for both Checks
+        for check in checks[:cancelled]:
+            check.cancel()  # Envoy gave up on these RPCs
+        await _until(lambda: all(c.done() for c in checks[:cancelled]))
+        gate.set()
+        await blocker
+        return await asyncio.gather(*checks, return_exceptions=True)
+
+    try:
+        answers = run(scenario())
+    finally:
+        gate.set()
+        pool.close()
+    if cancelled == 2:
+        assert pool.dropped == 1 and pool.started == 1  # only the blocker ever ran
+    else:
+        assert pool.dropped == 0 and pool.started == 2  # the other Check still waited
+        assert isinstance(answers[1], Deny) and answers[1].status == 401
+
+
+def test_a_full_hash_pool_is_503_with_retry_after() -> None:
+    pool = HashPool(1, max_pending=1)
+    verifier = _directory_verifier(pool)
+    svc, _ = service(basic=verifier.verify_password)
+    gate = threading.Event()
+
+    async def scenario() -> Any:
+        blocker = asyncio.ensure_future(pool.run(lambda: gate.wait(10), client="a"))
+        queued = asyncio.ensure_future(pool.run(lambda: True, client="b"))
+        await _until(lambda: pool.pending == 1)
+        answer = await svc.check(request(authorization=basic_header("alice", "alice-pw")))
+        gate.set()
+        await asyncio.gather(blocker, queued)
+        return answer
+
+    try:
+        answer = run(scenario())
+    finally:
+        gate.set()
+        pool.close()
+    assert isinstance(answer, Deny) and answer.status == 503
+    assert header(answer, "retry-after")
+
+
+# --- one deadline per verification (SPEC §5 "IdP unreachable") ---------------------------
+
+
+def _quick_app() -> Application:
+    config = app_config(external_host="https://app.example.com")
+    config["oidc"]["timeout"] = "300ms"
+    return apps(config)[0]
+
+
+QUICK = _quick_app()
+BOUND = 5.0  # seconds: only bounds a failure (Envoy's timeout in the shipped configs)
+
+
+def test_a_verifier_past_oidc_timeout_is_our_503() -> None:
+    async def hangs(username: str, password: str) -> Any:
+        await asyncio.Event().wait()
+
+    svc, _ = service(basic=hangs, app=QUICK)
+    check = svc.check(request(authorization=basic_header("alice", "pw")))
+    answer = run(asyncio.wait_for(check, BOUND))
+    assert isinstance(answer, Deny) and answer.status == 503
+    assert header(answer, "retry-after")
+
+
+def test_waiting_for_a_silent_peer_replica_counts_against_the_deadline() -> None:
+    """Another replica claimed the credential and never answers (it died): the wait for
+    it and any verification after it share oidc.timeout, instead of waiting the claim's
+    window (2 x timeout + 1 s) first."""
+    verifier = CountingVerifier(Verified(ALICE))
+    store = MemoryStore("t:")
+    svc, _ = service(store=store, basic=verifier, app=QUICK)
+    header_value = basic_header("alice", "pw")
+
+    async def scenario() -> Any:
+        peer = CredentialCache(store.sibling(), secret=SECRET, local_ttl=0)
+        assert await peer.claim(QUICK.name, header_value, 60)
+        return await asyncio.wait_for(svc.check(request(authorization=header_value)), BOUND)
+
+    started = time.monotonic()
+    answer = run(scenario())
+    assert isinstance(answer, Deny) and answer.status == 503
+    assert time.monotonic() - started < 2 * 0.3 + 1  # less than the claim window
+    assert verifier.calls == 0
+
+
+def test_a_slow_code_exchange_is_our_503_page() -> None:
+    oidc = FakeOIDC()
+    svc, _ = service(oidc=oidc, app=QUICK)
+
+    async def scenario() -> Any:
+        start = await svc.check(request("/wanted"))
+        assert isinstance(start, Deny) and start.status == 302
+        state = parse_qs(urlsplit(header(start, "location")[0]).query)["state"][0]
+        login = next(c for c in header(start, "set-cookie") if "_login=" in c)
+        oidc.exchange_hangs = True
+        callback = svc.check(
+            request(
+                "/outpost.goauthentik.io/callback",
+                f"code=c&state={state}",
+                cookie=login.split(";", 1)[0],
+            )
+        )
+        return await asyncio.wait_for(callback, BOUND)
+
+    answer = run(scenario())
+    assert isinstance(answer, Deny) and answer.status == 503
+    assert header(answer, "retry-after")
+
+
+# --- sessions from header auth (SPEC §5 "Sessions from header auth") --------------------
+
+NOW = 1_700_000_000.0
+
+
+def frozen() -> float:
+    return NOW
+
+
+def session_of(answer: Allow) -> tuple[str, str]:
+    """(cookie pair, the whole Set-Cookie line) of the session an Allow created."""
+    (line,) = [v for k, v in answer.response_headers if k == "set-cookie"]
+    return line.split(";", 1)[0], line
+
+
+@pytest.mark.parametrize(
+    ("settings", "identity", "max_age"),
+    [
+        ({}, ALICE, 3600),  # header_session_lifetime's default, not session_lifetime's 24 h
+        ({"receive": {"header_session_lifetime": "10m"}}, ALICE, 600),
+        ({"session_lifetime": "5m"}, ALICE, 300),  # never past session_lifetime either
+        ({}, Identity(sub="alice", expires_at=NOW + 120), 120),  # nor the token's exp
+    ],
+)
+def test_a_session_from_header_auth_lasts_header_session_lifetime(
+    settings: dict[str, Any], identity: Identity, max_age: int
+) -> None:
+    app = make_app(external_host="https://app.example.com", **settings)
+    svc, _ = service(basic=CountingVerifier(Verified(identity)), app=app, clock=frozen)
+    answer = run(svc.check(request(authorization=basic_header("alice", "pw"))))
+    assert isinstance(answer, Allow)
+    _, line = session_of(answer)
+    assert f"Max-Age={max_age};" in line
+
+
+def test_a_directory_session_ends_when_its_credential_leaves_the_directory() -> None:
+    made = Identity(sub="bob", preferred_username="bob", provider="directory", credential_ref="r1")
+    held = {"r1"}
+    verifier = CountingVerifier(Verified(made))
+    svc, store = service(
+        basic=verifier,
+        clock=frozen,
+        credential_current=lambda identity: identity.credential_ref in held,
+    )
+    header_value = basic_header("bob", "bob-pw")
+
+    async def scenario() -> tuple[Any, Any, Any]:
+        first = await svc.check(request(authorization=header_value))
+        assert isinstance(first, Allow)
+        cookie, _ = session_of(first)
+        again = await svc.check(request(cookie=cookie))
+        assert isinstance(again, Allow) and again.method == "session"
+        held.clear()  # restarted with bob's app password removed from the config
+        by_cookie = await svc.check(request(cookie=cookie))
+        by_header = await svc.check(request(authorization=header_value, accept="*/*"))
+        sessions = SessionRepository(store, secret=SECRET, local_ttl=0, clock_wall=frozen)
+        return by_cookie, by_header, await sessions.get(APP.name, cookie.split("=", 1)[1])
+
+    by_cookie, by_header, stored = run(scenario())
+    # The cookie no longer opens anything, is expired, and its session is gone.
+    assert isinstance(by_cookie, Deny) and by_cookie.status == 401
+    assert any("Max-Age=0" in v for v in header(by_cookie, "set-cookie"))
+    assert stored is None
+    # The credential cache (in Redis, across restarts) no longer vouches for it either,
+    # and nothing was verified again to learn that.
+    assert isinstance(by_header, Deny) and by_header.status == 401
+    assert verifier.calls == 1

@@ -27,6 +27,7 @@ from ext_authz.core.steps import (
     decide,
     is_browser_navigation,
     login_cookie_name,
+    session_expiry,
 )
 from ext_authz.core.upstream import upstream_basic
 from tests.unit.conftest import make_app
@@ -990,3 +991,22 @@ def test_a_cached_verification_creates_no_new_session() -> None:
     cached = decide(Facts(**facts, verdict=Verified(ALICE, cached=True)))  # type: ignore[arg-type]
     assert isinstance(fresh, Allow) and fresh.create_session is True
     assert isinstance(cached, Allow) and cached.create_session is False
+
+
+@pytest.mark.parametrize(
+    ("settings", "expires_at", "browser", "header"),
+    [
+        ({}, None, 86400, 3600),
+        ({"receive": {"header_session_lifetime": "2h"}}, None, 86400, 7200),
+        ({"session_lifetime": "30m"}, None, 1800, 1800),  # the lower bound wins
+        ({}, 600.0, 600, 600),  # never past the token's exp
+    ],
+)
+def test_session_expiry_from_header_auth_is_bounded_by_header_session_lifetime(
+    settings: dict[str, Any], expires_at: float | None, browser: int, header: int
+) -> None:
+    now = 1_000.0
+    app = make_app(**settings)
+    identity = Identity(sub="a", expires_at=None if expires_at is None else now + expires_at)
+    assert session_expiry(app, identity, now) == now + browser
+    assert session_expiry(app, identity, now, from_header=True) == now + header
