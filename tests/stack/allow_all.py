@@ -90,7 +90,9 @@ def grpc_serving(address: str, service: str = AUTHORIZATION_SERVICE_NAME) -> boo
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+            # 5 s: a server not listening yet fails at once; a live one on a busy
+            # machine must not be reported "not serving" for being slow.
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5.0)
         except grpc.RpcError:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
