@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.clock_guard import pytest_make_collect_report  # noqa: F401  (a hook)
 from tests.stack.demo import Stack, build_idp
 from tests.stack.echo import EchoServer
 from tests.stack.idp import IDP_DIR, IdP
