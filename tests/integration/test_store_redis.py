@@ -235,7 +235,7 @@ def test_a_raw_copy_of_the_store_reveals_nothing(shared_redis: RedisProcess) -> 
             cookie = await sessions.create("whoami", identity, time.time() + 600)
             await credentials.put_verified("whoami", basic, identity, 60)
             await credentials.put_verified("whoami", bearer, identity, 60)
-            await credentials.put_rejected("whoami", "Bearer wrong-token-555", "bad sig", 5)
+            await credentials.put_rejected("whoami", "Bearer wrong-token-555", "bad sig", 60)
             await logins.put(state, {"verifier": "pkce-verifier-777", "nonce": "nonce-888"})
             raw = raw_entries([shared_redis], prefix)
             assert len(raw) == 6  # session, sub index, 3 credentials, 1 login state
