@@ -50,7 +50,7 @@ from ext_authz._proto import AttributeContext, AuthorizationStub, CheckRequest
 from tests.stack.demo import ALICE, BOB, CAROL, Stack, private_idp_stack
 from tests.stack.echo import EchoServer
 from tests.stack.idp import IdP
-from tests.stack.proc import port_open, wait_until
+from tests.stack.proc import START_BOUND, port_open, wait_until
 from tests.stack.redis import RedisServer
 from tests.support import basic
 
@@ -73,12 +73,14 @@ REDIS_DRILL = budget(holds=3, waits=1)  # steady, redis-down, recovered; recover
 IDP_DRILL = budget(holds=2, waits=0)  # steady, idp-down
 KILL_DRILL = budget(holds=2, waits=1)  # steady, after-hc; ejection
 SIGTERM_DRILL = budget(holds=3, waits=3)  # steady, stopping, after; held, closed, exit
-# The test's own limit: the longest budget, plus a fresh two-replica stack's start
-# and stop (each bounded by 30 s in tests.stack).
+# The test's own limit: the longest budget, plus the start of a fresh two-replica
+# stack (two replicas and Envoy, each bounded by START_BOUND) and its stop.
 pytestmark = [
     pytest.mark.drill,
     pytest.mark.e2e,
-    pytest.mark.timeout(max(REDIS_DRILL, IDP_DRILL, KILL_DRILL, SIGTERM_DRILL) + 90),
+    pytest.mark.timeout(
+        max(REDIS_DRILL, IDP_DRILL, KILL_DRILL, SIGTERM_DRILL) + 3 * START_BOUND + SLACK
+    ),
 ]
 
 WRONGFUL = "WRONGFUL"

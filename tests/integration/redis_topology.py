@@ -90,7 +90,7 @@ class RedisProcess:
             host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2
         )
 
-    def start(self, *, timeout: float = 10.0) -> RedisProcess:
+    def start(self, *, timeout: float = 60.0) -> RedisProcess:  # bounds a failure only
         args = [REDIS_SERVER]
         if self.conf is not None:
             args.append(str(self.conf))

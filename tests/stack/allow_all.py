@@ -27,7 +27,7 @@ from ext_authz._proto import (
     Status,
     add_AuthorizationServicer_to_server,
 )
-from tests.stack.proc import ManagedProcess, free_port
+from tests.stack.proc import START_BOUND, ManagedProcess, free_port
 
 _ALLOW = CheckResponse(status=Status(code=0), ok_response=OkHttpResponse())
 
@@ -72,7 +72,7 @@ class AllowAllServer:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> AllowAllServer:
+    def start(self, timeout: float = START_BOUND) -> AllowAllServer:
         self.process.start(
             lambda: grpc_serving(self.address), timeout, f"allow-all SERVING on {self.port}"
         )

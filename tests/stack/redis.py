@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from tests.stack.proc import ManagedProcess, free_port
+from tests.stack.proc import START_BOUND, ManagedProcess, free_port
 
 
 def redis_ping(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> bool:
@@ -52,7 +52,7 @@ class RedisServer:
     def log_path(self) -> Path:
         return self.process.log_path
 
-    def start(self, timeout: float = 30.0) -> RedisServer:
+    def start(self, timeout: float = START_BOUND) -> RedisServer:
         self.process.start(lambda: redis_ping(self.port), timeout, f"redis PING on {self.port}")
         return self
 
