@@ -16,12 +16,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from hypothesis import HealthCheck, settings
 
+from tests.clock_guard import pytest_make_collect_report  # noqa: F401  (a hook)
 from tests.stack.demo import Stack, build_idp
 from tests.stack.echo import EchoServer
 from tests.stack.idp import IDP_DIR, IdP
 from tests.stack.proc import free_port, live_processes, reserve_ports
 from tests.stack.redis import RedisServer
+
+# Property tests run on shared, busy machines, where how long one example takes says
+# nothing about the code: no per-example deadline, and no "too slow" health check, for
+# every @given in the suite (a test's own @settings still applies on top).
+settings.register_profile("ext-authz", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ext-authz")
 
 # Envoy ports known to the IdP (its redirect URIs must match exactly): one per stack
 # that talks to the IdP.

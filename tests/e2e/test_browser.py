@@ -64,7 +64,9 @@ def test_sign_in_and_sign_out_in_chromium(stack: Stack, browser: Any) -> None:
         page.wait_for_load_state("load")
         if page.url.startswith(stack.idp.issuer):  # the consent form
             page.click("button[type=submit]")
-        page.wait_for_url(stack.url("app", "/protected/page"), timeout=15_000)
+        page.wait_for_url(
+            stack.url("app", "/protected/page"), timeout=30_000
+        )  # bounds a failure only
 
         seen = json.loads(page.inner_text("pre"))
         headers = seen["headers"]
@@ -89,7 +91,7 @@ def test_sign_in_and_sign_out_in_chromium(stack: Stack, browser: Any) -> None:
         page.goto(stack.url("app", "/outpost.goauthentik.io/sign_out"), wait_until="load")
         # The IdP's logout page submits itself; we end up back at the application,
         # which sends us to the IdP's login form again.
-        page.wait_for_selector("input[name=login]", timeout=15_000)
+        page.wait_for_selector("input[name=login]", timeout=30_000)  # bounds a failure only
         assert page.url.startswith(stack.idp.issuer)
         names = {c["name"] for c in context.cookies() if c["domain"] == "app.localhost"}
         assert cookie["name"] not in names
@@ -130,7 +132,7 @@ def test_one_sign_in_across_subdomains(make_stack: Any, browser: Any) -> None:
         page.wait_for_load_state("load")
         if page.url.startswith(stack.idp.issuer):
             page.click("button[type=submit]")
-        page.wait_for_url(first, timeout=15_000)
+        page.wait_for_url(first, timeout=30_000)  # bounds a failure only
         session = [
             c
             for c in context.cookies()

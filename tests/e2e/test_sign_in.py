@@ -20,6 +20,7 @@ from tests.e2e.signin import HTML, authorize_params, sign_in
 from tests.stack.demo import ALICE, BOB, OIDC_CLIENT_ID, Stack
 from tests.stack.echo import EchoServer
 from tests.stack.idp import IdP
+from tests.stack.proc import wait_until
 from tests.stack.redis import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -171,11 +172,15 @@ def test_session_from_a_works_on_b_and_sign_out_ends_all(replicas_ab: tuple[Stac
     expired = set_cookie_line(out, one[0] + "=")
     assert "Max-Age=0" in expired
 
-    deadline = time.monotonic() + 2 + 3  # local_cache_ttl (2 s) bounds it; pub/sub is faster
-    while time.monotonic() < deadline:
-        if _on(b, one).status_code == 302 and _on(b, two).status_code == 302:
-            break
-        time.sleep(0.1)
+    # Pub/sub ends B's copies at once, local_cache_ttl (2 s) at the latest; how soon is
+    # the machine's business, so the deadline only bounds a failure.
+    signed_out = time.monotonic()
+    wait_until(
+        lambda: _on(b, one).status_code == 302 and _on(b, two).status_code == 302,
+        30.0,
+        "the sign-out on A to end both sessions on B",
+    )
+    print(f"sessions ended on B {time.monotonic() - signed_out:.2f}s after the sign-out on A")
     assert _on(b, one).status_code == 302, "sign-out ended the session on B"
     assert _on(b, two).status_code == 302, "sign-out ended the user's other session"
 
@@ -200,7 +205,7 @@ def test_redis_down_old_session_is_503_and_recovery_needs_no_restart(
         assert down.headers.get("retry-after")
         redis.start()
         # The old session is gone with the old Redis (no persistence): a new sign-in works.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # bounds a failure only
         while True:
             try:
                 again = sign_in(stack, BOB)

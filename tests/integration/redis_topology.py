@@ -90,7 +90,7 @@ class RedisProcess:
             host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2
         )
 
-    def start(self, *, timeout: float = 10.0) -> RedisProcess:
+    def start(self, *, timeout: float = 60.0) -> RedisProcess:  # bounds a failure only
         args = [REDIS_SERVER]
         if self.conf is not None:
             args.append(str(self.conf))
@@ -195,7 +195,11 @@ class Cluster:
 
 @contextlib.contextmanager
 def redis_cluster(masters: int = 3) -> Iterator[Cluster]:
-    """`masters` cluster-enabled servers joined with `redis-cli --cluster create`."""
+    """`masters` cluster-enabled servers joined with `redis-cli --cluster create`.
+
+    The node timeout is long (30 s): a master stopped by a test is never judged
+    failed while the test runs, so the cluster does not turn CLUSTERDOWN (full
+    coverage is required) at a moment that depends on how fast the machine is."""
     with _workdir("ext-authz-cluster-") as work:
         nodes: list[RedisProcess] = []
         try:
@@ -210,7 +214,7 @@ def redis_cluster(masters: int = 3) -> Iterator[Cluster]:
                         "--cluster-config-file",
                         f"nodes-{port}.conf",
                         "--cluster-node-timeout",
-                        "2000",
+                        "30000",
                     ],
                 )
                 nodes.append(node.start())
@@ -271,8 +275,15 @@ class SentinelSetup:
 
 
 @contextlib.contextmanager
-def redis_sentinel(name: str = "extauthz") -> Iterator[SentinelSetup]:
-    """A master, one replica and three Sentinels (quorum 2) with fast failover."""
+def redis_sentinel(
+    name: str = "extauthz", *, down_after_ms: int = 30_000
+) -> Iterator[SentinelSetup]:
+    """A master, one replica and three Sentinels (quorum 2).
+
+    `down_after_ms`: how long the master may not answer before the Sentinels fail it
+    over. The default is long, so a master slowed down by a busy machine is never
+    failed over under a test that does not expect it; a failover test passes a
+    short one and kills the master itself."""
     with _workdir("ext-authz-sentinel-") as work:
         procs: list[RedisProcess] = []
         try:
@@ -297,7 +308,7 @@ def redis_sentinel(name: str = "extauthz") -> Iterator[SentinelSetup]:
                 conf = work / f"sentinel-{port}.conf"
                 conf.write_text(
                     f"sentinel monitor {name} 127.0.0.1 {master.port} 2\n"
-                    f"sentinel down-after-milliseconds {name} 1000\n"
+                    f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
                     f"sentinel failover-timeout {name} 5000\n"
                     f"sentinel parallel-syncs {name} 1\n"
                 )
@@ -327,8 +338,10 @@ class RedisHarness:
     `open()` builds a RedisStore from `url`; `raw_entries()` scans every node."""
 
     def __init__(
-        self, url: str, nodes: Callable[[], list[RedisProcess]], *, timeout: float = 1.0
+        self, url: str, nodes: Callable[[], list[RedisProcess]], *, timeout: float = 5.0
     ) -> None:
+        # The behaviour suite never waits for a timeout to fire: `timeout` only has
+        # to be long enough that a live server on a busy machine never reaches it.
         self.url = url
         self.prefix = f"t-{uuid.uuid4().hex[:10]}:"
         self._nodes = nodes

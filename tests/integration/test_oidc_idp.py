@@ -65,7 +65,9 @@ def _client(idp: IdP, http: httpx.AsyncClient, client_id: str = "whoami") -> OID
         client_secret=SecretStr(c.client_secret),
         client_auth=auth,  # type: ignore[arg-type]
         scopes=("openid", "profile", "email", "ak_proxy"),
-        timeout=3.0,
+        # Per IdP call; a stopped IdP refuses at once, so this only spares a live one
+        # on a busy machine (the product default, 3 s, is not what these tests are about).
+        timeout=30.0,
     )
     return OIDCClient(settings, http)
 

@@ -101,7 +101,7 @@ def test_envoy_fails_closed_without_the_servicer(envoy: Envoy, allow_all: AllowA
     # At once (connection refused, before health checking notices) and after Envoy
     # marked the endpoint unhealthy: always status_on_error, never the upstream.
     codes = [httpx.get(f"{envoy.url}/x").status_code for _ in range(10)]
-    envoy.wait_healthy(timeout=10, healthy=False)
+    envoy.wait_healthy(timeout=30, healthy=False)
     codes += [httpx.get(f"{envoy.url}/x").status_code for _ in range(10)]
     assert set(codes) == {503}
     # The per-route opt-out on ctx.localhost never asks ext_authz, so it still passes.

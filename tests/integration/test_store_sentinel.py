@@ -37,17 +37,20 @@ class TestSentinelStore(StoreBehaviour):
 
 
 def test_sessions_survive_a_failover() -> None:
-    with redis_sentinel("failover") as setup:
+    # A fast failover (1 s without an answer from the master), after the test kills it.
+    with redis_sentinel("failover", down_after_ms=1000) as setup:
 
         async def body() -> None:
-            store = RedisStore.from_url(setup.url, key_prefix="fo:", timeout=0.5)
+            # 5 s per command: the dead master refuses connections at once, so the
+            # timeout only has to spare a live server on a busy machine.
+            store = RedisStore.from_url(setup.url, key_prefix="fo:", timeout=5)
             repo = SessionRepository(store, secret=SECRET, local_ttl=0)
             alice = Identity(sub="alice", email="alice@example.test", token="tok")
             try:
                 cookies = [await repo.create("app", alice, time.time() + 600) for _ in range(5)]
                 with setup.master.client() as c:
                     # Replicated before the kill: WAIT for the replica's ack.
-                    assert c.execute_command("WAIT", 1, 5000) == 1
+                    assert c.execute_command("WAIT", 1, 30_000) == 1
                 old_port = setup.master.port
                 setup.master.kill()
 

@@ -27,7 +27,7 @@ from ext_authz._proto import (
     Status,
     add_AuthorizationServicer_to_server,
 )
-from tests.stack.proc import ManagedProcess, free_port
+from tests.stack.proc import START_BOUND, ManagedProcess, free_port
 
 _ALLOW = CheckResponse(status=Status(code=0), ok_response=OkHttpResponse())
 
@@ -72,7 +72,7 @@ class AllowAllServer:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> AllowAllServer:
+    def start(self, timeout: float = START_BOUND) -> AllowAllServer:
         self.process.start(
             lambda: grpc_serving(self.address), timeout, f"allow-all SERVING on {self.port}"
         )
@@ -90,7 +90,9 @@ def grpc_serving(address: str, service: str = AUTHORIZATION_SERVICE_NAME) -> boo
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+            # 5 s: a server not listening yet fails at once; a live one on a busy
+            # machine must not be reported "not serving" for being slow.
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5.0)
         except grpc.RpcError:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

@@ -37,7 +37,7 @@ from tests.stack.envoy import HTTP_TEMPLATE, Envoy
 from tests.stack.extauthz import ExtAuthz
 from tests.stack.idp import IdP, IdPClient, IdPUser
 from tests.stack.nginx import API_401_TEMPLATE, BROWSER_TEMPLATE, Nginx
-from tests.stack.proc import free_port
+from tests.stack.proc import START_BOUND, free_port
 from tests.stack.redis import RedisServer
 
 # >= 32 bytes; test/demo only.
@@ -452,7 +452,7 @@ class Stack:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start(self, timeout: float = 30.0) -> Stack:
+    def start(self, timeout: float = START_BOUND) -> Stack:
         try:
             for replica in self.replicas:
                 replica.start(timeout)

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.stack.proc import ManagedProcess, free_port, port_open
+from tests.stack.proc import START_BOUND, ManagedProcess, free_port, port_open
 
 
 class EchoHandler(BaseHTTPRequestHandler):
@@ -96,7 +96,7 @@ class EchoServer:
     def log_path(self) -> Path:
         return self.process.log_path
 
-    def start(self, timeout: float = 15.0) -> EchoServer:
+    def start(self, timeout: float = START_BOUND) -> EchoServer:
         self.process.start(lambda: port_open("127.0.0.1", self.port), timeout)
         return self
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.stack.proc import ROOT, ManagedProcess, free_port, port_open, wait_until
+from tests.stack.proc import ROOT, START_BOUND, ManagedProcess, free_port, port_open, wait_until
 
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.tmpl"
 HTTP_TEMPLATE = ROOT / "envoy" / "envoy-http.yaml.tmpl"
@@ -155,7 +155,7 @@ class Envoy:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start(self, timeout: float = 30.0, wait_healthy: bool = True) -> Envoy:
+    def start(self, timeout: float = START_BOUND, wait_healthy: bool = True) -> Envoy:
         """Start; ready when admin /ready says LIVE and the listener accepts.
 
         With `wait_healthy`, also wait until every ext_authz endpoint passed its gRPC
@@ -186,7 +186,7 @@ class Envoy:
         return self.process.stop()
 
     def wait_healthy(
-        self, timeout: float = 20.0, cluster: str = "ext_authz", healthy: bool = True
+        self, timeout: float = START_BOUND, cluster: str = "ext_authz", healthy: bool = True
     ) -> None:
         """Wait until every endpoint of `cluster` is healthy (or, healthy=False, none is)."""
 

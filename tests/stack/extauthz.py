@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from tests.stack.allow_all import grpc_serving
-from tests.stack.proc import ManagedProcess, free_port, port_open
+from tests.stack.proc import START_BOUND, ManagedProcess, free_port, port_open
 
 AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 
@@ -107,7 +107,7 @@ class ExtAuthz:
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         return self.config_path
 
-    def start(self, timeout: float = 20.0) -> ExtAuthz:
+    def start(self, timeout: float = START_BOUND) -> ExtAuthz:
         self.write_config()
 
         def ready() -> bool:
@@ -130,7 +130,7 @@ class ExtAuthz:
         """SIGKILL: a crash, no draining."""
         return self.process.kill()
 
-    def restart(self, timeout: float = 20.0) -> ExtAuthz:
+    def restart(self, timeout: float = START_BOUND) -> ExtAuthz:
         self.stop()
         return self.start(timeout)
 

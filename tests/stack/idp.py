@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from tests.stack.proc import ROOT, ManagedProcess, free_port, wait_until
+from tests.stack.proc import ROOT, START_BOUND, ManagedProcess, free_port, wait_until
 
 IDP_DIR = ROOT / "tests" / "idp"
 IDP_SCRIPT = IDP_DIR / "idp.mjs"
@@ -132,7 +132,7 @@ class IdP:
             "users": [asdict(u) for u in self.users],
         }
 
-    def start(self, timeout: float = 20.0) -> IdP:
+    def start(self, timeout: float = START_BOUND) -> IdP:
         if shutil.which("node") is None:
             raise IdPError("`node` is not on PATH; the test IdP needs Node.js 20+")
         if not (IDP_DIR / "node_modules" / "oidc-provider").is_dir():

@@ -28,6 +28,12 @@ from pathlib import Path
 # `-m ext_authz` import the working tree.
 ROOT = Path(__file__).resolve().parents[2]
 
+# How long a server of the test world may take to become ready. It bounds a failure
+# only (a passing start goes on at the ready signal): a busy machine, or one whose disk
+# other jobs keep busy, once needed more than 20 s to start the Node IdP that usually
+# starts in half a second.
+START_BOUND = 60.0
+
 _LIVE: dict[int, ManagedProcess] = {}
 _LIVE_LOCK = threading.Lock()
 
@@ -74,7 +80,7 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
-def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+def wait_for_port(host: str, port: int, timeout: float = START_BOUND) -> None:
     """Block until host:port accepts a TCP connection; TimeoutError after `timeout` s."""
     wait_until(lambda: port_open(host, port), timeout, f"{host}:{port} to accept connections")
 
@@ -140,7 +146,10 @@ class ManagedProcess:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(
-        self, ready: Callable[[], bool] | None = None, timeout: float = 20.0, what: str = ""
+        self,
+        ready: Callable[[], bool] | None = None,
+        timeout: float = START_BOUND,
+        what: str = "",
     ) -> ManagedProcess:
         if self.alive():
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")

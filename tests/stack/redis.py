@@ -9,11 +9,14 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from tests.stack.proc import ManagedProcess, free_port
+from tests.stack.proc import START_BOUND, ManagedProcess, free_port
 
 
-def redis_ping(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
-    """True when the server answers PING with PONG (raw RESP; no client library)."""
+def redis_ping(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> bool:
+    """True when the server answers PING with PONG (raw RESP; no client library).
+
+    A stopped server refuses at once; `timeout` only spares a live one on a busy
+    machine (a short one made `assert server.ping()` fail when the server was slow)."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.sendall(b"PING\r\n")
@@ -49,7 +52,7 @@ class RedisServer:
     def log_path(self) -> Path:
         return self.process.log_path
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
+    def start(self, timeout: float = START_BOUND) -> RedisServer:
         self.process.start(lambda: redis_ping(self.port), timeout, f"redis PING on {self.port}")
         return self
 

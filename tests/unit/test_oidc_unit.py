@@ -146,6 +146,7 @@ def make_client(
     client_auth: str = "client_secret_post",
     observed: list[tuple[str, str]] | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] = time.time,
     issuer: str = ISSUER,
     timeout: float = 2.0,
 ) -> OIDCClient:
@@ -163,6 +164,7 @@ def make_client(
         settings,
         http,
         observe=(lambda e, o: observe((e, o))) if observe else None,
+        clock=clock,
         monotonic=monotonic,
     )
 
@@ -518,20 +520,38 @@ async def test_jwks_down_is_unavailable(idp: FakeIdP) -> None:
 # --- bearer: introspection -----------------------------------------------------------
 
 
-def _active(**extra: Any) -> Handler:
-    body = {"active": True, "sub": "user-2", "username": "carol", "exp": int(time.time()) + 100}
-    body.update(extra)
-    return lambda r: httpx.Response(200, json=body)
+def _active(
+    *, expires_in: float = 100, clock: Callable[[], float] = time.time, **extra: Any
+) -> Handler:
+    """An introspection endpoint answering `active: true`. Its `exp` is computed when the
+    request comes (as a real IdP would), never when the test module is collected: a
+    case collected minutes before it runs must not find its token already expired."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = {
+            "active": True,
+            "sub": "user-2",
+            "username": "carol",
+            "exp": int(clock() + expires_in),
+        }
+        body.update(extra)
+        return httpx.Response(200, json=body)
+
+    return answer
 
 
 @pytest.mark.parametrize("mode", ["introspection", "auto"])
 async def test_introspection_active(idp: FakeIdP, mode: str) -> None:
-    idp.introspection = _active(groups=["g"])
-    outcome = await make_client(idp).verify_bearer("opaque-token", mode)  # type: ignore[arg-type]
+    def frozen() -> float:  # introspection involves no JWT: one injected clock for both
+        return 1_800_000_000.0
+
+    idp.introspection = _active(groups=["g"], clock=frozen)
+    client = make_client(idp, clock=frozen)
+    outcome = await client.verify_bearer("opaque-token", mode)  # type: ignore[arg-type]
     assert isinstance(outcome, Verified)
     assert outcome.identity.sub == "user-2" and outcome.identity.preferred_username == "carol"
     assert outcome.identity.token == "opaque-token" and outcome.identity.groups == ("g",)
-    assert outcome.ttl is not None and 90 < outcome.ttl <= 100
+    assert outcome.ttl == 100
     sent = form(idp.last("introspect"))
     assert sent == {
         "token": "opaque-token",
@@ -564,7 +584,7 @@ async def test_introspection_basic_auth(idp: FakeIdP) -> None:
         (lambda r: httpx.Response(200, json={"active": "true", "sub": "x"}), Rejected("inactive")),
         (lambda r: httpx.Response(200, json={"sub": "x"}), Rejected("inactive")),
         (_active(sub=None), Rejected("no sub")),
-        (_active(exp=int(time.time()) - 100), Rejected("expired")),
+        (_active(expires_in=-100), Rejected("expired")),
         (_active(aud="another", client_id="another"), Rejected("wrong audience")),
         (
             lambda r: httpx.Response(401, json={"error": "invalid_client"}),

@@ -113,19 +113,71 @@ Verifier = Callable[..., Awaitable[Any]]
 
 
 class CountingVerifier:
-    """A verifier that answers `outcomes` in order (the last one from then on), after
-    `delay` seconds, and counts its calls."""
+    """A verifier that answers `outcomes` in order (the last one from then on) and counts
+    its calls. With `gated`, each call waits until the test sets `release`, so a test
+    decides when a verification ends instead of racing a delay against the clock;
+    `waiting` and `cancelled` say what the calls are doing meanwhile."""
 
-    def __init__(self, *outcomes: Any, delay: float = 0.0) -> None:
+    def __init__(self, *outcomes: Any, delay: float = 0.0, gated: bool = False) -> None:
         self._outcomes = list(outcomes)
         self._delay = delay
+        self._gated = gated
+        self.release = asyncio.Event()
         self.calls = 0
+        self.waiting = 0
+        self.cancelled = 0
 
     async def __call__(self, username: str, password: str) -> Any:
         self.calls += 1
-        if self._delay:
-            await asyncio.sleep(self._delay)
+        self.waiting += 1
+        try:
+            if self._gated:
+                await self.release.wait()
+            if self._delay:
+                await asyncio.sleep(self._delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.waiting -= 1
         return self._outcomes.pop(0) if len(self._outcomes) > 1 else self._outcomes[0]
+
+
+class FakeClock:
+    """Wall and monotonic time that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def wall(self) -> float:
+        return self.now
+
+    def mono(self) -> float:
+        return self.now - 1_799_000_000.0
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Let the other tasks run until `condition()` holds. Each turn of the loop runs
+    every ready task one step, so no time needs to pass; the deadline only bounds a
+    failure."""
+    try:
+        async with asyncio.timeout(30):
+            while not condition():
+                await asyncio.sleep(0)
+    except TimeoutError:
+        raise AssertionError(f"never happened: {what}") from None
+
+
+def credential_misses(registry: CollectorRegistry) -> float:
+    """Checks that looked for their credential in the cache and missed it (counted
+    just before a check starts or joins the credential's verification)."""
+    value = registry.get_sample_value(
+        "ext_authz_cache_requests_total", {"cache": "credential", "result": "miss"}
+    )
+    return value or 0.0
 
 
 def service(
@@ -136,22 +188,28 @@ def service(
     bearer: Verifier | None = None,
     local_ttl: float = 0.0,
     app: Application = APP,
-    clock: Callable[[], float] = time.time,
+    clock: FakeClock | Callable[[], float] | None = None,
+    registry: CollectorRegistry | None = None,
     credential_current: Callable[[Identity], bool] | None = None,
 ) -> tuple[CheckService, MemoryStore]:
-    store = store or MemoryStore("t:")
+    """A CheckService over a MemoryStore; `clock` drives every clock it reads (a plain
+    function: the wall clock only)."""
+    if isinstance(clock, FakeClock):
+        wall, mono = clock.wall, clock.mono
+    else:
+        wall, mono = clock or time.time, time.monotonic
+    store = store or MemoryStore("t:", clock=mono)
     runtime = AppRuntime(app=app, verify_basic=basic, verify_bearer=bearer, oidc=oidc)  # type: ignore[arg-type]
+    repo_clocks: dict[str, Any] = {"clock_wall": wall, "clock_mono": mono}
     return (
         CheckService(
             [runtime],
-            sessions=SessionRepository(store, secret=SECRET, local_ttl=local_ttl, clock_wall=clock),
-            credentials=CredentialCache(
-                store, secret=SECRET, local_ttl=local_ttl, clock_wall=clock
-            ),
-            logins=LoginStateRepository(store, secret=SECRET, clock_wall=clock),
-            metrics=(metrics := Metrics(CollectorRegistry())),
+            sessions=SessionRepository(store, secret=SECRET, local_ttl=local_ttl, **repo_clocks),
+            credentials=CredentialCache(store, secret=SECRET, local_ttl=local_ttl, **repo_clocks),
+            logins=LoginStateRepository(store, secret=SECRET, clock_wall=wall),
+            metrics=(metrics := Metrics(registry or CollectorRegistry())),
             throttle=Throttle(store, secret=SECRET, metrics=metrics),
-            clock=clock,
+            clock=wall,
             credential_current=credential_current,
         ),
         store,
@@ -425,19 +483,25 @@ def test_verifier_that_raises_fails_closed() -> None:
 
 
 def test_concurrent_identical_credentials_verify_once() -> None:
-    slow = CountingVerifier(Verified(ALICE), delay=0.05)
-
-    svc, _ = service(basic=slow)
+    verifier = CountingVerifier(Verified(ALICE), gated=True)
+    registry = CollectorRegistry()
+    svc, _ = service(basic=verifier, registry=registry)
 
     async def scenario() -> list[Any]:
         header_value = basic_header("alice", "pw")
-        return await asyncio.gather(
-            *(svc.check(request(authorization=header_value)) for _ in range(8))
-        )
+        checks = [
+            asyncio.ensure_future(svc.check(request(authorization=header_value))) for _ in range(8)
+        ]
+        # All eight missed the cache, so all eight joined one verification that is
+        # still waiting for its answer.
+        await until(lambda: credential_misses(registry) == 8, "8 checks to miss the cache")
+        await until(lambda: verifier.waiting == 1, "the verification to start")
+        verifier.release.set()
+        return await asyncio.gather(*checks)
 
     answers = run(scenario())
     assert all(isinstance(a, Allow) for a in answers)
-    assert slow.calls == 1
+    assert verifier.calls == 1
 
 
 def test_cached_rejection_and_unavailable_is_never_cached() -> None:
@@ -457,23 +521,27 @@ def test_cached_rejection_and_unavailable_is_never_cached() -> None:
 
 
 def test_credential_cache_never_outlives_the_token() -> None:
-    import time
-
-    soon = Identity(sub="alice", expires_at=time.time() + 0.5)
+    clock = FakeClock()
+    token_left = 30.0  # the token expires long before cache_ttl (60 s) would end
+    assert APP.receive.cache_ttl > token_left
+    soon = Identity(sub="alice", expires_at=clock.wall() + token_left)
     verifier = CountingVerifier(Verified(soon, ttl=60))
 
-    svc, _ = service(basic=verifier)
+    svc, _ = service(basic=verifier, clock=clock)
     header_value = basic_header("alice", "pw")
 
     async def scenario() -> None:
         await svc.check(request(authorization=header_value))
         await svc.check(request(authorization=header_value))
         assert verifier.calls == 1
-        await asyncio.sleep(0.7)
+        clock.advance(token_left - 1)
+        await svc.check(request(authorization=header_value))
+        assert verifier.calls == 1, "cached while the token lives"
+        clock.advance(2)
         await svc.check(request(authorization=header_value))
 
     run(scenario())
-    assert verifier.calls == 2
+    assert verifier.calls == 2, "verified again once the token expired"
 
 
 def test_repeated_basic_without_the_cookie_creates_one_session() -> None:
@@ -533,22 +601,28 @@ def test_a_replica_left_without_an_answer_verifies_itself() -> None:
 
 
 def test_a_cancelled_check_does_not_cancel_others_on_the_same_credential() -> None:
-    slow = CountingVerifier(Verified(ALICE), delay=0.2)
-
-    svc, _ = service(basic=slow)
+    verifier = CountingVerifier(Verified(ALICE), gated=True)
+    registry = CollectorRegistry()
+    svc, _ = service(basic=verifier, registry=registry)
     header_value = basic_header("alice", "pw")
 
-    async def scenario() -> Any:
+    async def scenario() -> tuple[asyncio.Task[Any], Any]:
         first = asyncio.ensure_future(svc.check(request(authorization=header_value)))
-        await asyncio.sleep(0.05)
+        await until(lambda: verifier.waiting == 1, "the first check's verification to start")
         second = asyncio.ensure_future(svc.check(request(authorization=header_value)))
-        await asyncio.sleep(0.05)
+        await until(lambda: credential_misses(registry) == 2, "the second check to join it")
         first.cancel()  # e.g. Envoy gave up on this RPC
-        return await second
+        await asyncio.wait([first])
+        # The verification the second check waits for goes on.
+        assert verifier.waiting == 1 and verifier.cancelled == 0
+        assert not second.done()
+        verifier.release.set()
+        return first, await second
 
-    answer = run(scenario())
+    first, answer = run(scenario())
+    assert first.cancelled(), "the first check really was cancelled"
     assert isinstance(answer, Allow) and answer.method == "basic"
-    assert slow.calls == 1
+    assert verifier.calls == 1 and verifier.cancelled == 0
 
 
 def test_stale_cookie_is_expired_when_no_session_can_replace_it() -> None:
