@@ -10,6 +10,8 @@ Targets (`Listener.kind`):
   plain         no filter but the router
   ext_authz     envoy.filters.http.ext_authz to a gRPC cluster (the allow-all floor
                 or an ext-authz instance), configured like envoy/envoy.yaml.tmpl
+  ext_authz_http  the same filter with `http_service` (HTTP/1.1 forward auth, SPEC §10)
+                to a cluster of `http_ports`, path_prefix /outpost.goauthentik.io/auth/envoy
   jwt_authn     envoy.filters.http.jwt_authn with local_jwks (Envoy's native JWT)
   basic_auth    envoy.filters.http.basic_auth with an htpasswd {SHA} line
 
@@ -33,6 +35,7 @@ from tests.stack.envoy import envoy_binary, validate_config
 from tests.stack.proc import ManagedProcess, free_port, port_open, wait_until
 
 _T = "type.googleapis.com/envoy.extensions"
+AUTHZ_KINDS = ("ext_authz", "ext_authz_http")  # the kinds with an authorizer cluster
 
 # The HttpConnectionManager settings every shipped Envoy config carries, so the path
 # ext-authz judges is the path the upstream receives (envoy/envoy.yaml.tmpl says why).
@@ -46,12 +49,14 @@ PATH_NORMALISATION: dict[str, Any] = {
 @dataclass(frozen=True)
 class Listener:
     """One benchmark listener. `grpc_ports`: the ext_authz cluster (kind ext_authz);
+    `http_ports`: the http_service cluster (kind ext_authz_http);
     `jwks`/`issuer`/`audience`: jwt_authn; `htpasswd`: basic_auth."""
 
     name: str
     kind: str
     port: int = field(default_factory=free_port)
     grpc_ports: tuple[int, ...] = ()
+    http_ports: tuple[int, ...] = ()
     jwks: str = ""
     issuer: str = ""
     audience: str = ""
@@ -88,11 +93,46 @@ def _ext_authz_filter(cluster: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+# SPEC §10: Envoy's http_service sends the original path after this prefix.
+FORWARD_AUTH_PREFIX = "/outpost.goauthentik.io/auth/envoy"
+FORWARD_AUTH_PING = "/outpost.goauthentik.io/ping"
+# What the forward-auth server may read of the original request (the filter's top-level
+# allowed_headers; Host, Method, Path, Content-Length and Authorization always go).
+FORWARD_AUTH_REQUEST_HEADERS = ("cookie", "x-forwarded-proto", "x-forwarded-for")
+
+
+def _ext_authz_http_filter(cluster: str) -> dict[str, Any]:
+    # ext_authz over HTTP/1.1 (ENVOY_NOTES "ext_authz over HTTP"): identity headers of
+    # a 2xx answer go upstream, Set-Cookie to the client.
+    return {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": f"{_T}.filters.http.ext_authz.v3.ExtAuthz",
+            "http_service": {
+                "server_uri": {"uri": "http://127.0.0.1", "cluster": cluster, "timeout": "5s"},
+                "path_prefix": FORWARD_AUTH_PREFIX,
+                "authorization_response": {
+                    "allowed_upstream_headers": {"patterns": [{"prefix": "x-authentik-"}]},
+                    "allowed_client_headers_on_success": {
+                        "patterns": [{"exact": "set-cookie"}]},
+                },
+            },
+            "allowed_headers": {
+                "patterns": [{"exact": h} for h in FORWARD_AUTH_REQUEST_HEADERS]},
+            "transport_api_version": "V3",
+            "failure_mode_allow": False,
+            "status_on_error": {"code": 503},
+        },
+    }  # fmt: skip
+
+
 def _auth_filters(lst: Listener) -> list[dict[str, Any]]:
     if lst.kind == "plain":
         return []
     if lst.kind == "ext_authz":
         return [_ext_authz_filter(lst.cluster)]
+    if lst.kind == "ext_authz_http":
+        return [_ext_authz_http_filter(lst.cluster)]
     if lst.kind == "jwt_authn":
         return [{
             "name": "envoy.filters.http.jwt_authn",
@@ -156,11 +196,37 @@ def _listener(lst: Listener) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _cluster(lst: Listener) -> dict[str, Any]:
-    endpoints = [
+def _endpoints(ports: Sequence[int]) -> list[dict[str, Any]]:
+    return [
         {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
-        for p in lst.grpc_ports
+        for p in ports
     ]
+
+
+def _http_cluster(lst: Listener) -> dict[str, Any]:
+    # HTTP/1.1 (Envoy's default for a cluster without protocol options), health-checked
+    # on the outpost ping path.
+    return {
+        "name": lst.cluster,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": lst.cluster,
+            "endpoints": [{"lb_endpoints": _endpoints(lst.http_ports)}],
+        },
+        "health_checks": [{
+            "timeout": "1s", "interval": "1s", "no_traffic_interval": "1s",
+            "no_traffic_healthy_interval": "1s", "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+            "http_health_check": {"path": FORWARD_AUTH_PING},
+        }],
+    }  # fmt: skip
+
+
+def _cluster(lst: Listener) -> dict[str, Any]:
+    if lst.kind == "ext_authz_http":
+        return _http_cluster(lst)
+    endpoints = _endpoints(lst.grpc_ports)
     return {
         "name": lst.cluster,
         "type": "STATIC",
@@ -189,7 +255,7 @@ def render(listeners: Sequence[Listener]) -> dict[str, Any]:
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
             "listeners": [_listener(lst) for lst in listeners],
-            "clusters": [_cluster(lst) for lst in listeners if lst.kind == "ext_authz"],
+            "clusters": [_cluster(lst) for lst in listeners if lst.kind in AUTHZ_KINDS],
         },
     }
 
@@ -249,7 +315,7 @@ class BenchEnvoy:
         )
 
     def _clusters_healthy(self) -> bool:
-        wanted = {lst.cluster for lst in self.listeners.values() if lst.kind == "ext_authz"}
+        wanted = {lst.cluster for lst in self.listeners.values() if lst.kind in AUTHZ_KINDS}
         seen: dict[str, list[bool]] = {}
         for line in httpx.get(f"{self.admin_url}/clusters", timeout=2.0).text.splitlines():
             parts = line.split("::")
@@ -266,6 +332,13 @@ class BenchEnvoy:
             if sep and value.strip().isdigit():
                 out[name] = int(value)
         return out
+
+    def upstream(self, listener: str) -> dict[str, int]:
+        """The listener's authorizer cluster: its upstream_cx_* and upstream_rq_* counters
+        and gauges (connections opened, active, closed by which side; requests)."""
+        cluster = self.listeners[listener].cluster
+        stats = self.stats(rf"^cluster\.{cluster}\.upstream_(cx|rq)_")
+        return {k.removeprefix(f"cluster.{cluster}."): v for k, v in stats.items()}
 
     def checks(self, listener: str) -> int:
         """ext_authz decisions (ok + denied + error) on one listener so far."""

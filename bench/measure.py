@@ -165,6 +165,25 @@ class ProcessTree:
             ticks += sum(int(x) for x in f[11:15])  # fields 14-17
         return ticks / CLK_TCK
 
+    def thread_cpu_seconds(self) -> dict[str, float]:
+        """utime+stime per thread name over the tree ("main" for each process's main
+        thread): which thread the CPU goes to (grpc.aio's poller, a Rust runtime)."""
+        out: dict[str, float] = {}
+        for pid in self.pids():
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                except OSError:
+                    continue
+                name = "main" if tid == str(pid) else text[text.index("(") + 1 : text.rindex(")")]
+                f = text[text.rindex(")") + 2 :].split()
+                out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / CLK_TCK
+        return out
+
     def workers(self) -> list[int]:
         """The processes that serve Checks: the root alone, or (ext-authz
         `workers: N`) the spawned worker children, not the supervisor and not

@@ -39,7 +39,9 @@ class AllowAll(AuthorizationServicer):
         return _ALLOW
 
 
-async def serve(port: int, host: str = "127.0.0.1") -> None:
+async def start(port: int, host: str = "127.0.0.1") -> grpc.aio.Server:
+    """The allow-all grpc.aio server, started on the running loop, health SERVING
+    (also used by bench.http_servers to share a loop with an HTTP server)."""
     server = grpc.aio.server()
     add_AuthorizationServicer_to_server(AllowAll(), server)  # type: ignore[no-untyped-call]
     health = health_aio.HealthServicer()
@@ -48,6 +50,11 @@ async def serve(port: int, host: str = "127.0.0.1") -> None:
     await server.start()
     for service in ("", AUTHORIZATION_SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return server
+
+
+async def serve(port: int, host: str = "127.0.0.1") -> None:
+    server = await start(port, host)
     print(f"allow-all listening on {host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
