@@ -36,28 +36,22 @@ async def _serve(mode: str, port: int, cookie_file: Path) -> None:
     from prometheus_client import CollectorRegistry
 
     from bench.micro import ALICE, request, settings
-    from ext_authz._proto import (
-        AuthorizationServicer,
-        CheckResponse,
-        OkHttpResponse,
-        Status,
-        add_AuthorizationServicer_to_server,
-    )
-    from ext_authz.adapters.grpc_servicer import CheckServicer
+    from ext_authz._proto import CheckResponse, OkHttpResponse, Status
+    from ext_authz.adapters.grpc_servicer import CheckServicer, add_check_service
     from ext_authz.app import build
     from ext_authz.metrics import Metrics
 
-    empty = CheckResponse(status=Status(code=0), ok_response=OkHttpResponse())
+    empty = CheckResponse(status=Status(code=0), ok_response=OkHttpResponse()).SerializeToString()
     config = settings(PasswordHasher(time_cost=1, memory_cost=1024).hash("pw"))
     components = build(config, Metrics(CollectorRegistry()))
     assert components.sessions is not None
     value = await components.sessions.create("app", ALICE, time.time() + 3600)
     cookie = f"theme=dark; {config.applications[0].cookie_name}={value}"
     cookie_file.write_text(cookie)
-    ours = CheckServicer(components.service.check)
+    ours = CheckServicer(components.service.check, components.service.check_now)
     canned = await ours.Check(request("/some/page?q=1", cookie=cookie), None)
 
-    class Servicer(AuthorizationServicer):
+    class Servicer(CheckServicer):
         async def Check(self, message: Any, context: Any) -> Any:
             if mode == "floor":
                 return empty
@@ -67,7 +61,7 @@ async def _serve(mode: str, port: int, cookie_file: Path) -> None:
             return empty if mode == "work-empty" else answer
 
     server = grpc.aio.server()
-    add_AuthorizationServicer_to_server(Servicer(), server)  # type: ignore[no-untyped-call]
+    add_check_service(server, Servicer(ours._check))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print("READY", flush=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from ext_authz._proto import CheckRequest
+from ext_authz._proto import CheckRequest, CheckResponse
 from ext_authz.adapters.grpc_servicer import CheckServicer
 from ext_authz.app import build
 from ext_authz.config import parse_settings
@@ -96,7 +96,7 @@ async def measure(iterations: int) -> dict[str, float]:
 
     config = settings(PasswordHasher(time_cost=1, memory_cost=1024).hash("pw"))
     components = build(config, Metrics(CollectorRegistry()))
-    servicer = CheckServicer(components.service.check)
+    servicer = CheckServicer(components.service.check, components.service.check_now)
     assert components.sessions is not None
     cookie = await components.sessions.create("app", ALICE, time.time() + 3600)
     app = config.applications[0]
@@ -109,7 +109,7 @@ async def measure(iterations: int) -> dict[str, float]:
     }
     results: dict[str, float] = {}
     for name, message in cases.items():
-        first = await servicer.Check(message, None)
+        first = CheckResponse.FromString(await servicer.Check(message, None))
         assert first.status.code == 0, (name, first)
         for _ in range(200):  # warm caches
             await servicer.Check(message, None)

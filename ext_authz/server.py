@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ext_authz._proto import AUTHORIZATION_SERVICE_NAME, add_AuthorizationServicer_to_server
+from ext_authz._proto import AUTHORIZATION_SERVICE_NAME
 from ext_authz.adapters.forward_auth import ForwardAuth, TrustedProxies
-from ext_authz.adapters.grpc_servicer import CheckServicer
+from ext_authz.adapters.grpc_servicer import CheckNow, CheckServicer, add_check_service
 from ext_authz.adapters.http_server import Handler, HttpServer, split_listen
 from ext_authz.logs import configure_logging, event
 from ext_authz.metrics import Metrics
@@ -90,7 +90,9 @@ class GrpcListener:
 
     name = "grpc"
 
-    def __init__(self, listen: str, check: Check, *, reuse_port: bool) -> None:
+    def __init__(
+        self, listen: str, check: Check, check_now: CheckNow | None = None, *, reuse_port: bool
+    ) -> None:
         self._listen = listen
         self._server = grpc.aio.server(
             options=[
@@ -100,9 +102,7 @@ class GrpcListener:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ]
         )
-        add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
-            CheckServicer(check), self._server
-        )
+        add_check_service(self._server, CheckServicer(check, check_now))
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
 
@@ -213,6 +213,7 @@ async def _worker(settings: Settings, *, index: int, reuse_port: bool, with_http
     if server.forward_auth_listen:
         forward_auth = ForwardAuth(
             service.check,
+            service.check_now,
             TrustedProxies(server.trusted_networks),
             refused=lambda reason: metrics.count_check("-", reason, "-", "http"),
         )
@@ -226,7 +227,9 @@ async def _worker(settings: Settings, *, index: int, reuse_port: bool, with_http
         listeners.append(HttpListener("http", server.http_listen, operations, reuse_port=False))
     # gRPC last: its health turns SERVING when it starts, which must mean every port
     # of this worker is answering.
-    listeners.append(GrpcListener(server.listen, service.check, reuse_port=reuse_port))
+    listeners.append(
+        GrpcListener(server.listen, service.check, service.check_now, reuse_port=reuse_port)
+    )
 
     addresses = await _start_all(listeners, index)
     if addresses is None:

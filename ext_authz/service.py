@@ -1,31 +1,43 @@
 """The one place that orders I/O for a Check (STYLE.md: service).
 
-(The browser sign-in's own I/O, start/callback/sign-out, is `ext_authz.signin`.)
+(The browser sign-in's own I/O, start/callback/sign-out, is `ext_authz.signin`; the
+single flight and cross-replica claim of a new credential's verification is
+`ext_authz.verification`.)
 
 `CheckService.check(request)` resolves the application, asks the store and the
 verifiers, lets `core` decide, applies the effects (create/delete sessions, cache
 credentials, store login states) and maps faults to the documented answers:
 store or IdP down is a 503 with Retry-After, never an allow. It never raises: any
 unexpected fault becomes a deliberate denial and a log line with the request id.
+
+`CheckService.check_now(request)` is the same decision when everything it needs is
+already in this process's memory, answered without awaiting anything (issue 13): a
+session or a verified credential held in the in-process cache, or a request with
+neither a session cookie nor credentials (a skip path, a 401). It returns None where
+the answer needs the store, a verifier or randomness; the caller then awaits `check`.
+Both record the same metrics, so a transport calls `check_now` first and `check`
+only when it returns None.
+
+Per-identity work is done once: the upstream headers of an identity for an
+application (`core.upstream.identity_part`) are kept in the `memo` of the cached
+session or credential they came from, so they live exactly as long as that entry.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ext_authz.core import routing, steps
-from ext_authz.core.cookies import get_cookie
+from ext_authz.core.cookies import CookieHeader
 from ext_authz.core.credentials import (
     BasicCredential,
     BearerCredential,
     MalformedCredential,
+    first_value,
 )
 from ext_authz.core.decision import (
     Allow,
@@ -44,44 +56,41 @@ from ext_authz.core.model import (
     Unavailable,
     Verified,
 )
+from ext_authz.core.upstream import IdentityPart, identity_part
 from ext_authz.errors import StoreUnavailable
-from ext_authz.hash_pool import requester
 from ext_authz.logs import event
 from ext_authz.signin import BrowserSignIn
+from ext_authz.verification import (
+    DIRECTORY_BUDGET,
+    AppRuntime,
+    BasicVerifier,
+    BearerVerifier,
+    SharedVerification,
+)
 
 if TYPE_CHECKING:
-    from ext_authz.adapters.oidc import OIDCClient
     from ext_authz.config import Application
     from ext_authz.core.model import VerifyOutcome
     from ext_authz.metrics import Metrics
-    from ext_authz.sessions import (
-        CachedCredential,
-        CredentialCache,
-        LoginStateRepository,
-        SessionRepository,
-    )
+    from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
     from ext_authz.throttle import Throttle
 
-__all__ = ["AppRuntime", "CheckService"]
+__all__ = [
+    "DIRECTORY_BUDGET",
+    "AppRuntime",
+    "BasicVerifier",
+    "BearerVerifier",
+    "CheckService",
+]
 
-_PEER_POLL = 0.02  # seconds between looks at the cache while another replica verifies
-# How long one verification may take, waiting for a peer replica included, on an
-# application without oidc (there `oidc.timeout` is the budget): hashing waits in a
-# queue, and the answer must be ours before Envoy's ext_authz timeout (SPEC §5).
-DIRECTORY_BUDGET = 3.0
-
-BasicVerifier = Callable[[str, str], Awaitable["VerifyOutcome"]]
-BearerVerifier = Callable[[str], Awaitable["VerifyOutcome"]]
-
-
-@dataclass(frozen=True, slots=True)
-class AppRuntime:
-    """One application with the verifiers the composition root built for it."""
-
-    app: Application
-    verify_basic: BasicVerifier | None
-    verify_bearer: BearerVerifier | None
-    oidc: OIDCClient | None
+Memo = dict[str, Any]
+_SCHEME = "scheme"  # memo key: how a cached credential authenticates ("basic", "bearer")
+# What the decision needs of a cached credential it will not verify again: its kind
+# (for the metrics label). No secret of the credential is kept anywhere.
+_KINDS: dict[str, BasicCredential | BearerCredential] = {
+    "basic": BasicCredential("", ""),
+    "bearer": BearerCredential(""),
+}
 
 
 class CheckService:
@@ -108,13 +117,29 @@ class CheckService:
         self._throttle = throttle
         self._clock = clock
         self._signin = BrowserSignIn(sessions=sessions, logins=logins, metrics=metrics, clock=clock)
-        self._inflight: dict[tuple[str, str], asyncio.Future[VerifyOutcome]] = {}
-        self._waiting: dict[asyncio.Future[VerifyOutcome], int] = {}
         # Whether the directory still holds the credential an identity was made from
         # (SPEC §5 "Sessions from header auth"); checked on every session and cache hit.
         self._current = credential_current or (lambda identity: True)
+        self._verification = SharedVerification(
+            credentials, metrics, current=self._current, wall=clock
+        )
 
-    # --- the entry point -----------------------------------------------------------
+    # --- the entry points ------------------------------------------------------------
+
+    def check_now(self, request: AuthRequest, transport: str = "grpc") -> Allow | Deny | None:
+        """The answer from this process's memory alone, or None (then await `check`).
+
+        Never awaits, never raises (a fault here leaves the request to `check`)."""
+        started = time.perf_counter()
+        try:
+            decision = self._decide_now(request)
+        except Exception:
+            return None
+        if decision is not None:
+            app = decision[0].name if decision[0] is not None else "-"
+            self._record(request, app, decision[1], time.perf_counter() - started, transport)
+            return decision[1]
+        return None
 
     async def check(
         self, request: AuthRequest, transport: str = "grpc", *, can_redirect: bool = True
@@ -160,24 +185,113 @@ class CheckService:
             result, method = decision.reason, decision.method or "-"
         self._metrics.count_check(app, result, method, transport)
         self._metrics.check_latency.observe(spent)
-        if isinstance(decision, Allow) and decision.dropped_headers:
+        if isinstance(decision, Allow) and (
+            decision.dropped_headers or decision.undeclared_headers
+        ):
+            self._log_part(request, app, decision.dropped_headers, decision.undeclared_headers)
+
+    def _log_part(
+        self, request: AuthRequest, app: str, dropped: Sequence[str], undeclared: Sequence[str]
+    ) -> None:
+        """The names an identity's upstream headers left out: once per identity."""
+        if dropped:
             event(
                 logging.WARNING,
                 "identity header dropped: unsafe value",
                 app=app,
                 request_id=request.request_id,
-                headers=list(decision.dropped_headers),
+                headers=list(dropped),
             )
-        if isinstance(decision, Allow) and decision.undeclared_headers:
+        if undeclared:
             # Names only: the values may be anything the IdP's attributes hold.
             event(
                 logging.WARNING,
                 "additional header dropped: not declared",
                 app=app,
                 request_id=request.request_id,
-                headers=list(decision.undeclared_headers),
+                headers=list(undeclared),
                 hint="declare names in send.additional_headers",
             )
+
+    def _part(
+        self, request: AuthRequest, app: Application, identity: Identity, memo: Memo | None
+    ) -> IdentityPart:
+        """The identity's upstream headers for `app`, kept in the memo of the cached
+        entry it came from; computed (and its left-out names logged) once per entry."""
+        part: IdentityPart | None = memo.get(app.name) if memo is not None else None
+        if part is None:
+            part = identity_part(identity, app)
+            if memo is not None:
+                memo[app.name] = part
+            if part.dropped or part.undeclared:
+                self._log_part(request, app.name, part.dropped, part.undeclared)
+        return part
+
+    # --- from memory alone -------------------------------------------------------------
+
+    def _decide_now(self, request: AuthRequest) -> tuple[Application | None, Allow | Deny] | None:
+        if not request.has_http:
+            return None, deny_no_http()
+        app = self._apps.select(request)
+        if app is None:
+            return None, not_found_app(request)
+        if routing.outpost_route(request) is not None:
+            return None
+        headers = request.headers
+        cookie_header = headers.get("cookie")
+        cookies = CookieHeader.parse(cookie_header) if cookie_header else None
+        value = cookies.get(app.cookie_name) if cookies is not None else None
+        session = part = credential = verdict = None
+        if value:
+            record = self._sessions.peek(app.name, value)
+            if record is None or not self._current(record.identity):
+                return None  # the store knows more, or the session must be ended
+            session = record.identity
+            part = self._part(request, app, session, record.memo)
+        elif "authorization" in headers and (
+            app.receive.basic.enabled or app.receive.bearer.enabled
+        ):
+            # Looked up on the raw value, before any Basic or Bearer parsing.
+            cached = self._credentials.peek(app.name, first_value(headers["authorization"]))
+            if cached is None:
+                return None
+            outcome = self._verification.cached_outcome(cached)
+            if not isinstance(outcome, Verified):
+                return None  # a rejection counts against the client's guessing limit
+            credential = self._cached_method(request, app, cached.memo)
+            if credential is None:
+                return None
+            verdict = outcome
+            part = self._part(request, app, outcome.identity, cached.memo)
+        outcome_now = steps.decide(
+            steps.Facts(
+                request=request,
+                app=app,
+                session=session,
+                credential=credential,
+                verdict=verdict,
+                cookie_names=self._cookie_names,
+                cookies=cookies,
+                part=part,
+            )
+        )
+        if isinstance(outcome_now, steps.StartLogin):
+            return None  # a login state to store
+        if isinstance(outcome_now, Allow) and outcome_now.create_session:
+            return None  # a session to store
+        return app, outcome_now
+
+    def _cached_method(
+        self, request: AuthRequest, app: Application, memo: Memo
+    ) -> BasicCredential | BearerCredential | None:
+        """The kind of a cached credential, parsed once per cache entry."""
+        scheme: str | None = memo.get(_SCHEME)
+        if scheme is None:
+            parsed = steps.credential_for(request, app)
+            if not isinstance(parsed, BasicCredential | BearerCredential):
+                return None
+            scheme = memo[_SCHEME] = "basic" if isinstance(parsed, BasicCredential) else "bearer"
+        return _KINDS[scheme]
 
     # --- steps 3-7 -------------------------------------------------------------------
 
@@ -196,12 +310,17 @@ class CheckService:
         if route is routing.OutpostRoute.SIGN_OUT:
             return await self._signin.sign_out(request, app, rt.oidc)
 
-        session, stale, store_down = await self._load_session(request, app)
+        cookie_header = request.header("cookie")
+        cookies = CookieHeader.parse(cookie_header) if cookie_header else None
+        session, memo, stale, store_down = await self._load_session(request, app, cookies)
         credential = verdict = None
+        part = self._part(request, app, session, memo) if session is not None else None
         if session is None:
             credential = steps.credential_for(request, app)
             if isinstance(credential, BasicCredential | BearerCredential):
-                verdict = await self._verify(request, rt, credential)
+                verdict, memo = await self._verify(request, rt, credential)
+                if isinstance(verdict, Verified):
+                    part = self._part(request, app, verdict.identity, memo)
             elif isinstance(credential, MalformedCredential):
                 self._log_rejected(request, app.name, credential.scheme, credential.reason)
         outcome = steps.decide(
@@ -214,6 +333,8 @@ class CheckService:
                 credential=credential,
                 verdict=verdict,
                 cookie_names=self._cookie_names,
+                cookies=cookies,
+                part=part,
             )
         )
         if isinstance(outcome, steps.StartLogin):
@@ -243,12 +364,13 @@ class CheckService:
         return await self._signin.start(request, rt.app, rt.oidc, return_to)
 
     async def _load_session(
-        self, request: AuthRequest, app: Application
-    ) -> tuple[Identity | None, bool, bool]:
-        """(identity, stale cookie, store down) for the request's session cookie."""
-        value = get_cookie(request.header("cookie"), app.cookie_name)
+        self, request: AuthRequest, app: Application, cookies: CookieHeader | None
+    ) -> tuple[Identity | None, Memo | None, bool, bool]:
+        """(identity, its entry's memo, stale cookie, store down) for the request's
+        session cookie."""
+        value = cookies.get(app.cookie_name) if cookies is not None else None
         if not value:
-            return None, False, False
+            return None, None, False, False
         try:
             record = await self._sessions.get(app.name, value)
         except StoreUnavailable:
@@ -260,9 +382,9 @@ class CheckService:
                 app=app.name,
                 request_id=request.request_id,
             )
-            return None, False, True
+            return None, None, False, True
         if record is None:
-            return None, True, False
+            return None, None, True, False
         if not self._current(record.identity):
             # Its directory credential is gone (a restart with a changed config): the
             # session ends here, on every replica, and its cookie is expired.
@@ -275,16 +397,18 @@ class CheckService:
                 user=record.identity.preferred_username,
                 request_id=request.request_id,
             )
-            return None, True, False
-        return record.identity, False, False
+            return None, None, True, False
+        return record.identity, record.memo, False, False
 
     # --- step 5: verifying a credential, through the shared cache ----------------------
 
     async def _verify(
         self, request: AuthRequest, rt: AppRuntime, credential: BasicCredential | BearerCredential
-    ) -> VerifyOutcome:
+    ) -> tuple[VerifyOutcome, Memo | None]:
+        """The outcome for the request's credential, and the memo of the cache entry it
+        came from (None when it was verified just now)."""
         app = rt.app
-        header_value = (request.header("authorization") or "").split(",", 1)[0].strip()
+        header_value = first_value(request.header("authorization") or "")
         method = "basic" if isinstance(credential, BasicCredential) else "bearer"
         username = credential.username if isinstance(credential, BasicCredential) else None
         try:
@@ -292,44 +416,24 @@ class CheckService:
         except StoreUnavailable:
             self._metrics.store_errors.labels("credential_get").inc()
             cached = None
-        if cached is not None and cached.ok:
+        if cached is not None and isinstance(cached.outcome, Verified):
             # Verified already: passes whatever the client's guessing count (SPEC §5).
             self._metrics.count_cache("credential", "hit")
-            return self._cached_outcome(cached)
+            return self._verification.cached_outcome(cached), cached.memo
         retry_after = await self._throttle.blocked(app, request.client, username)
         if retry_after is not None:
-            return Throttled(retry_after)
+            return Throttled(retry_after), None
         if cached is not None:
             self._metrics.count_cache("credential", "hit")
             await self._throttle.rejected(app, request.client, username)
-            return self._cached_outcome(cached)
+            return self._verification.cached_outcome(cached), None
         self._metrics.count_cache("credential", "miss")
 
-        # One verification per credential per process at a time, run as a task of its
-        # own: a caller whose RPC is cancelled (Envoy's timeout, a client gone) must not
-        # cancel it for the others waiting on the same credential. When the last of
-        # them has gone, it is cancelled: nobody would read its answer, and a hash
-        # still queued in the pool then never starts (SPEC §5).
-        key = (app.name, header_value)
-        task = self._inflight.get(key)
-        first = task is None
-        if task is None:
-            context = contextvars.copy_context()
-            context.run(requester.set, request.client)  # whose turn it is in the hash pool
-            task = asyncio.get_running_loop().create_task(
-                self._verify_shared(rt, credential, header_value), context=context
-            )
-            self._inflight[key] = task
-            task.add_done_callback(lambda done: self._verification_done(key, done))
-        self._waiting[task] = self._waiting.get(task, 0) + 1
-        try:
-            outcome = await asyncio.shield(task)
-        finally:
-            self._stop_waiting(key, task)
+        outcome, first = await self._verification.run(rt, credential, header_value, request.client)
         if isinstance(outcome, Rejected):
             await self._throttle.rejected(app, request.client, username)
         if not first:
-            return outcome
+            return outcome, None
         if isinstance(outcome, Rejected):
             self._log_rejected(request, app.name, method, outcome.reason)
         elif isinstance(outcome, Unavailable):
@@ -341,121 +445,7 @@ class CheckService:
                 reason=outcome.reason,
                 request_id=request.request_id,
             )
-        return outcome
-
-    def _stop_waiting(self, key: tuple[str, str], task: asyncio.Future[VerifyOutcome]) -> None:
-        left = self._waiting.get(task, 1) - 1
-        if left > 0:
-            self._waiting[task] = left
-            return
-        self._waiting.pop(task, None)
-        if not task.done():
-            task.cancel()
-            if self._inflight.get(key) is task:
-                del self._inflight[key]  # a caller arriving now starts afresh
-
-    def _verification_done(self, key: tuple[str, str], task: asyncio.Future[VerifyOutcome]) -> None:
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: the waiters re-raise it themselves
-
-    async def _verify_shared(
-        self, rt: AppRuntime, credential: BasicCredential | BearerCredential, header_value: str
-    ) -> VerifyOutcome:
-        """Ask the verifier unless another replica is asking about the same credential
-        right now: then wait for its answer in the shared cache, and ask ourselves only
-        if it leaves none (SPEC §5: N replicas ask the IdP once per credential).
-
-        All of it, the wait for a peer included, shares one deadline (`oidc.timeout`,
-        or DIRECTORY_BUDGET): past it the answer is Unavailable, a 503 of ours well
-        before Envoy's timeout would answer with its own bare 503."""
-        app = rt.app
-        window = _claim_window(app)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _budget(app)
-        claimed = await self._claim(app.name, header_value, window)
-        while not claimed and loop.time() < deadline:
-            await asyncio.sleep(_PEER_POLL)
-            try:
-                cached = await self._credentials.get(app.name, header_value)
-            except StoreUnavailable:
-                break
-            if cached is not None:
-                self._metrics.count_cache("credential", "peer")
-                return self._cached_outcome(cached)
-            # The other replica finished without caching (IdP down, an expiring token):
-            # the claim is free again, and this replica asks.
-            claimed = await self._claim(app.name, header_value, window)
-        if not claimed and loop.time() >= deadline:
-            return Unavailable("another replica is verifying it")  # and it has not answered
-        try:
-            if claimed:
-                # A peer may have verified it between our cache miss and our claim.
-                try:
-                    cached = await self._credentials.get(app.name, header_value)
-                except StoreUnavailable:
-                    cached = None
-                if cached is not None:
-                    self._metrics.count_cache("credential", "peer")
-                    return self._cached_outcome(cached)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    outcome = await self._call_verifier(rt, credential)
-            except TimeoutError:
-                outcome = Unavailable("verification timed out")
-            await self._cache_outcome(app, header_value, outcome)
-        finally:
-            if claimed:
-                with contextlib.suppress(StoreUnavailable):
-                    await self._credentials.release(app.name, header_value)
-        return outcome
-
-    def _cached_outcome(self, cached: CachedCredential) -> Verified | Rejected:
-        """A cached verdict, unless its directory credential has left the directory
-        since (the cache outlives restarts in Redis, and replicas may differ)."""
-        if cached.identity is not None and not self._current(cached.identity):
-            return Rejected("credential no longer in the directory")
-        return cached.outcome()
-
-    async def _claim(self, app: str, header_value: str, window: float) -> bool:
-        try:
-            return await self._credentials.claim(app, header_value, window)
-        except StoreUnavailable:
-            self._metrics.store_errors.labels("credential_claim").inc()
-            return True  # without the store, every replica verifies for itself
-
-    async def _call_verifier(
-        self, rt: AppRuntime, credential: BasicCredential | BearerCredential
-    ) -> VerifyOutcome:
-        if isinstance(credential, BasicCredential):
-            if rt.verify_basic is None:
-                return Rejected("basic not enabled")
-            return await rt.verify_basic(credential.username, credential.password)
-        if rt.verify_bearer is None:
-            return Rejected("bearer not enabled")
-        return await rt.verify_bearer(credential.token)
-
-    async def _cache_outcome(
-        self, app: Application, header_value: str, outcome: VerifyOutcome
-    ) -> None:
-        try:
-            if isinstance(outcome, Verified):
-                ttl = app.receive.cache_ttl
-                if outcome.ttl is not None:
-                    ttl = min(ttl, outcome.ttl)
-                if outcome.identity.expires_at is not None:
-                    ttl = min(ttl, outcome.identity.expires_at - self._clock())
-                if ttl > 0:
-                    await self._credentials.put_verified(
-                        app.name, header_value, outcome.identity, ttl
-                    )
-            elif isinstance(outcome, Rejected) and app.receive.negative_cache_ttl > 0:
-                await self._credentials.put_rejected(
-                    app.name, header_value, outcome.reason, app.receive.negative_cache_ttl
-                )
-        except StoreUnavailable:
-            self._metrics.store_errors.labels("credential_put").inc()
+        return outcome, None
 
     def _log_rejected(self, request: AuthRequest, app: str, method: str, reason: str) -> None:
         event(
@@ -490,17 +480,3 @@ class CheckService:
         return allow.with_response_headers(
             ("set-cookie", steps.session_set_cookie(app, value, expires_at, self._clock()))
         )
-
-
-def _budget(app: Application) -> float:
-    """The deadline of one verification of a credential for `app` (SPEC §5)."""
-    return app.oidc.timeout if app.oidc is not None else DIRECTORY_BUDGET
-
-
-def _claim_window(app: Application) -> float:
-    """How long one replica may hold a credential's verification for itself: long
-    enough for a verification (discovery, JWKS and token calls, or argon2), short
-    enough that the others do not wait long if it dies."""
-    if app.oidc is None:
-        return 2.0
-    return min(10.0, 2 * app.oidc.timeout + 1)

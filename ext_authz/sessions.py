@@ -30,8 +30,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 from ext_authz.core.model import Identity, Rejected, Verified
 from ext_authz.crypto import (
@@ -83,13 +83,16 @@ def _loads(plaintext: bytes | None) -> dict[str, Any] | None:
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
     """A session as stored. `key` is the store key (sha256 of the cookie value); the
-    cookie value itself is never kept anywhere server-side."""
+    cookie value itself is never kept anywhere server-side. `memo` holds what the
+    service derives from the identity once (its upstream headers per application):
+    it lives and dies with this in-process copy."""
 
     app: str
     identity: Identity
     created_at: float
     expires_at: float
     key: str
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 class _Expiring(Protocol):
@@ -121,6 +124,16 @@ class _LocallyCached(Generic[V]):
             local_ttl, max_entries=local_max_entries, clock=clock_mono
         )
 
+    def _peek(self, key: str) -> V | None:
+        """The live in-process copy at `key`, or None (never the store: no waiting)."""
+        cached = self._local.get(key)
+        if cached is None:
+            return None
+        if cached.expires_at > self._wall():
+            return cached
+        self._local.delete(key)
+        return None
+
     async def _lookup(
         self,
         namespace: str,
@@ -133,12 +146,10 @@ class _LocallyCached(Generic[V]):
         """The live value at `key`: the local copy while it lasts, else the store's,
         unsealed with `material` (the cookie or header value) and decoded; None when
         absent, expired, tampered or sealed for something else."""
-        now = self._wall()
-        cached = self._local.get(key)
+        cached = self._peek(key)
         if cached is not None:
-            if cached.expires_at > now:
-                return cached
-            self._local.delete(key)
+            return cached
+        now = self._wall()
         blob = await self._store.get(namespace, key)
         if blob is None:
             return None
@@ -186,6 +197,14 @@ class SessionRepository(_LocallyCached[SessionRecord]):
         record = SessionRecord(app, identity, now, expires_at, key)
         self._local.put(key, record, ttl)
         return cookie_value
+
+    def peek(self, app: str, cookie_value: str) -> SessionRecord | None:
+        """The session of `app` for this cookie value if this process holds it (within
+        `local_ttl`), else None: the store may still have it (call `get`)."""
+        if not cookie_value or len(cookie_value) > _MAX_TOKEN_LEN:
+            return None
+        record = self._peek(session_key_id(cookie_value))
+        return record if record is not None and record.app == app else None
 
     async def get(self, app: str, cookie_value: str) -> SessionRecord | None:
         """The live session of `app` for this cookie value, or None.
@@ -261,23 +280,17 @@ def _session_from(data: dict[str, Any] | None, key: str) -> SessionRecord | None
 
 @dataclass(frozen=True, slots=True)
 class CachedCredential:
-    """What a replica learnt about a credential: `ok` with its identity, or
-    `rejected` with a reason (for logs; never the credential itself)."""
+    """What a replica learnt about a credential: the verifier's outcome (`Verified`
+    with `cached=True`, or `Rejected` with a reason for logs; never the credential
+    itself), until `expires_at`. `memo`: as in `SessionRecord`."""
 
-    verdict: Literal["ok", "rejected"]
-    identity: Identity | None = None
-    reason: str = ""
+    outcome: Verified | Rejected
     expires_at: float = 0.0
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
-    def ok(self) -> bool:
-        return self.verdict == "ok"
-
-    def outcome(self) -> Verified | Rejected:
-        """The verifier's answer this entry remembers."""
-        if self.identity is not None:
-            return Verified(self.identity, cached=True)
-        return Rejected(self.reason or "rejected (cached)")
+    def identity(self) -> Identity | None:
+        return self.outcome.identity if isinstance(self.outcome, Verified) else None
 
 
 class CredentialCache(_LocallyCached["CachedCredential"]):
@@ -287,6 +300,13 @@ class CredentialCache(_LocallyCached["CachedCredential"]):
     nothing: the caller then verifies against the IdP (and should not fail the
     request). `put_*` raise StoreUnavailable: the caller logs it and carries on.
     """
+
+    def peek(self, app: str, header_value: str) -> CachedCredential | None:
+        """The cached answer for this credential if this process holds it (within
+        `local_ttl`), else None: the store may still have it (call `get`)."""
+        return self._live_credential(
+            self._peek(credential_cache_key(self._secret, app, header_value))
+        )
 
     async def get(self, app: str, header_value: str) -> CachedCredential | None:
         key = credential_cache_key(self._secret, app, header_value)
@@ -310,10 +330,10 @@ class CredentialCache(_LocallyCached["CachedCredential"]):
     ) -> None:
         """Cache a verified credential for `ttl` seconds (the caller bounds it by the
         token's exp); nothing happens when ttl <= 0."""
-        await self._put(app, header_value, CachedCredential("ok", identity=identity), ttl)
+        await self._put(app, header_value, Verified(identity, cached=True), ttl)
 
     async def put_rejected(self, app: str, header_value: str, reason: str, ttl: float) -> None:
-        await self._put(app, header_value, CachedCredential("rejected", reason=reason), ttl)
+        await self._put(app, header_value, Rejected(reason or "rejected (cached)"), ttl)
 
     async def claim(self, app: str, header_value: str, ttl: float) -> bool:
         """Claim the verification of this credential for `ttl` seconds, across every
@@ -326,21 +346,23 @@ class CredentialCache(_LocallyCached["CachedCredential"]):
         key = credential_cache_key(self._secret, app, header_value)
         await self._store.delete(Namespace.CLAIM, key)
 
-    async def _put(self, app: str, header_value: str, entry: CachedCredential, ttl: float) -> None:
+    async def _put(
+        self, app: str, header_value: str, outcome: Verified | Rejected, ttl: float
+    ) -> None:
         if ttl <= 0:
             return
         key = credential_cache_key(self._secret, app, header_value)
         expires_at = self._wall() + ttl
-        entry = CachedCredential(entry.verdict, entry.identity, entry.reason, expires_at)
         # Locally first: if the store is down, this replica still avoids asking the
         # IdP again for the same credential.
-        self._local.put(key, entry, ttl)
+        self._local.put(key, CachedCredential(outcome, expires_at), ttl)
+        verified = isinstance(outcome, Verified)
         payload = {
             "v": _FORMAT,
             "app": app,
-            "verdict": entry.verdict,
-            "identity": entry.identity.to_dict() if entry.identity is not None else None,
-            "reason": entry.reason,
+            "verdict": "ok" if verified else "rejected",  # the stored form's words
+            "identity": outcome.identity.to_dict() if isinstance(outcome, Verified) else None,
+            "reason": outcome.reason if isinstance(outcome, Rejected) else "",
             "expires_at": expires_at,
         }
         blob = seal(
@@ -356,9 +378,11 @@ def _credential_from(data: dict[str, Any] | None, app: str) -> CachedCredential 
         verdict = data["verdict"]
         expires_at = float(data["expires_at"])
         if verdict == "ok":
-            return CachedCredential("ok", Identity.from_dict(data["identity"]), "", expires_at)
+            identity = Identity.from_dict(data["identity"])
+            return CachedCredential(Verified(identity, cached=True), expires_at)
         if verdict == "rejected":
-            return CachedCredential("rejected", None, str(data.get("reason") or ""), expires_at)
+            reason = str(data.get("reason") or "") or "rejected (cached)"
+            return CachedCredential(Rejected(reason), expires_at)
     except (KeyError, TypeError, ValueError):
         return None
     return None

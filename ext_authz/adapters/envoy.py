@@ -15,6 +15,7 @@ unset (each is a new header line); denied-response headers with `append` unset
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -30,8 +31,15 @@ from ext_authz._proto import (
 )
 from ext_authz.core.decision import Allow, Deny
 from ext_authz.core.model import AuthRequest
+from ext_authz.core.upstream import IdentityPart
 
-__all__ = ["GrpcCode", "grpc_status", "to_auth_request", "to_check_response"]
+__all__ = [
+    "GrpcCode",
+    "check_response_bytes",
+    "grpc_status",
+    "to_auth_request",
+    "to_check_response",
+]
 
 _FALSE = BoolValue(value=False)
 
@@ -97,22 +105,8 @@ def _from_header_map(http: object) -> dict[str, str]:
     return out
 
 
-# Upstream header options by (name, value): a cached session or credential sends the
-# same identity headers on every request, and building the messages is the costly part.
-# The cookie header differs per request and is never cached.
-_OVERWRITES: dict[tuple[str, str], HeaderValueOption] = {}
-_OVERWRITES_MAX = 16384
-
-
 def _overwrite(key: str, value: str) -> HeaderValueOption:
-    option = _OVERWRITES.get((key, value))
-    if option is None:
-        option = HeaderValueOption(header=HeaderValue(key=key, value=value), append=_FALSE)
-        if key != "cookie":
-            if len(_OVERWRITES) >= _OVERWRITES_MAX:
-                _OVERWRITES.clear()
-            _OVERWRITES[(key, value)] = option
-    return option
+    return HeaderValueOption(header=HeaderValue(key=key, value=value), append=_FALSE)
 
 
 def to_check_response(decision: Allow | Deny, *, http: bool = True) -> CheckResponse:
@@ -139,3 +133,69 @@ def to_check_response(decision: Allow | Deny, *, http: bool = True) -> CheckResp
     )
     denied.status.code = decision.status  # type: ignore[assignment]
     return CheckResponse(status=status, denied_response=denied)
+
+
+# --- the allowed answer as bytes -------------------------------------------------------
+#
+# An allowed Check is answered from the in-process caches many times per identity, and
+# building its protobuf messages costs several times more than our decision. So the
+# OkHttpResponse is written as bytes here, in protobuf's wire format (the same bytes
+# `to_check_response(...).SerializeToString()` gives: tests/unit/test_envoy_adapter.py
+# checks them against each other), and the identity part's headers, the same on every
+# request of one cached session or credential, are rendered once per part. The rendering
+# is held weakly by the part: it goes when the cached session or credential that holds
+# the part goes (a sign-out, an expiry), and no process-wide table keeps tokens or
+# upstream passwords (issue 11).
+
+_RENDERED: weakref.WeakKeyDictionary[IdentityPart, bytes] = weakref.WeakKeyDictionary()
+# Field numbers: CheckResponse.status 1, .ok_response 3; OkHttpResponse.headers 2,
+# .headers_to_remove 5, .response_headers_to_add 6; HeaderValueOption.header 1,
+# .append 2; HeaderValue.key 1, .value 2. `append: false` is an empty BoolValue.
+_STATUS_OK = b"\x0a\x00"
+_APPEND_FALSE = b"\x12\x00"
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (a string or a message)."""
+    return bytes(((number << 3) | 2,)) + _varint(len(payload)) + payload
+
+
+def _header_value(key: str, value: str) -> bytes:
+    out = _field(1, key.encode()) if key else b""
+    return out + (_field(2, value.encode()) if value else b"")
+
+
+def _upstream_header(key: str, value: str) -> bytes:
+    """OkHttpResponse.headers entry: overwrite (`append: false`)."""
+    return _field(2, _field(1, _header_value(key, value)) + _APPEND_FALSE)
+
+
+def check_response_bytes(decision: Allow | Deny, *, http: bool = True) -> bytes:
+    """The serialized CheckResponse for `decision` (see `to_check_response`)."""
+    if not isinstance(decision, Allow):
+        serialized: bytes = to_check_response(decision, http=http).SerializeToString()
+        return serialized
+    parts: list[bytes] = []
+    rest = decision.set_headers
+    part = decision.identity_part
+    if part is not None and part.headers:
+        rendered = _RENDERED.get(part)
+        if rendered is None:
+            rendered = _RENDERED[part] = b"".join(_upstream_header(k, v) for k, v in part.headers)
+        parts.append(rendered)
+        rest = rest[len(part.headers) :]  # set_headers begins with the part's headers
+    parts += [_upstream_header(k, v) for k, v in rest]
+    parts += [_field(5, name.encode()) for name in decision.remove_headers]
+    parts += [_field(6, _field(1, _header_value(k, v))) for k, v in decision.response_headers]
+    return _STATUS_OK + _field(3, b"".join(parts))

@@ -364,9 +364,14 @@ class ForwardAuth:
     """The forward-auth port's handler: translate, decide, translate back."""
 
     def __init__(
-        self, check: Check, trusted: TrustedProxies, refused: Callable[[str], None]
+        self,
+        check: Check,
+        check_now: Callable[[AuthRequest, str], Allow | Deny | None] | None,
+        trusted: TrustedProxies,
+        refused: Callable[[str], None],
     ) -> None:
         self._check = check
+        self._check_now = check_now
         self._trusted = trusted
         self._refused = refused
 
@@ -388,6 +393,11 @@ class ForwardAuth:
                 (("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")),
                 refused.body.encode(),
             )
+        if self._check_now is not None:
+            # From the in-process caches: answered here, without a task (issue 13).
+            decision = self._check_now(original, "http")
+            if decision is not None:
+                return to_response(dialect, decision, original, request.headers)
         return self._answer(dialect, original, request.headers)
 
     async def _answer(

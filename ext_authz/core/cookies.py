@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Collection
+from dataclasses import dataclass
 
 __all__ = [
+    "CookieHeader",
     "cookie_name_for",
     "expire_cookie",
     "get_cookie",
@@ -24,7 +26,6 @@ __all__ = [
     "strip_cookies",
 ]
 
-_SPLIT = re.compile(r"[;,]")
 _SEPARATOR = re.compile(r"([;,])")
 
 
@@ -33,66 +34,95 @@ def cookie_name_for(client_id: str) -> str:
     return "authentik_proxy_" + hashlib.sha256(client_id.encode()).hexdigest()[:8]
 
 
+@dataclass(frozen=True, slots=True)
+class CookieHeader:
+    """A `Cookie` header split once into its pieces (between `;` and `,`) and the
+    separators between them, for reading our cookie and for stripping it (one split
+    per Check, not one per use)."""
+
+    text: str
+    pieces: tuple[str, ...]
+    separators: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, header: str) -> CookieHeader:
+        parts = _SEPARATOR.split(header)
+        return cls(header, tuple(parts[0::2]), tuple(parts[1::2]))
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every `name=value` pair in order; pieces without `=` are skipped."""
+        pairs: list[tuple[str, str]] = []
+        for piece in self.pieces:
+            name, eq, value = piece.strip(" \t").partition("=")
+            if eq and name:
+                value = value.strip(" \t")
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                pairs.append((name, value))
+        return pairs
+
+    def get(self, name: str) -> str | None:
+        """The first value of cookie `name`, or None."""
+        if name not in self.text:
+            return None
+        for key, value in self.pairs():
+            if key == name:
+                return value
+        return None
+
+    def without(self, names: Collection[str]) -> str | None:
+        """The header without the named cookies; None when no cookie is left.
+
+        A named cookie is a piece that reads `name=...`; it goes with one separator
+        and the whitespace around it. Everything else stays byte for byte: the other
+        pieces (quotes, spacing, pieces without `=`) and the separators between them.
+        Where pieces were removed between two kept ones, the separator kept is a `,`
+        if there was one (Envoy's join of two `cookie` header lines), else the first
+        `;`, each with the whitespace that followed it. When no named cookie is
+        present, the header itself is returned, untouched.
+        """
+        header = self.text
+        if not header or not any(name in header for name in names):
+            return header
+        pieces, separators = self.pieces, self.separators
+        named = [_is_named(piece, names) for piece in pieces]
+        if not any(named):
+            return header
+        out: list[str] = []
+        pending: tuple[str, str] | None = None  # (separator, the whitespace after it)
+        last = -1
+        for i, piece in enumerate(pieces):
+            if i:
+                separator = separators[i - 1], piece[: len(piece) - len(piece.lstrip(" \t"))]
+                if pending is None or (separator[0] == "," and pending[0] == ";"):
+                    pending = separator
+            if named[i]:
+                continue
+            if out and pending is not None:
+                out += pending
+            out.append(piece.lstrip(" \t") if i else piece)
+            pending, last = None, i
+        if 0 <= last < len(pieces) - 1:
+            out[-1] = out[-1].rstrip(" \t")  # what followed it went
+        text = "".join(out)
+        return text if text.strip(" \t;,") else None
+
+
 def parse_cookies(header: str | None) -> list[tuple[str, str]]:
     """Every `name=value` pair in order; pieces without `=` are skipped."""
-    if not header:
-        return []
-    pairs: list[tuple[str, str]] = []
-    for piece in _SPLIT.split(header):
-        name, eq, value = piece.strip(" \t").partition("=")
-        if eq and name:
-            value = value.strip(" \t")
-            if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            pairs.append((name, value))
-    return pairs
+    return CookieHeader.parse(header).pairs() if header else []
 
 
 def get_cookie(header: str | None, name: str) -> str | None:
     """The first value of cookie `name`, or None."""
-    for key, value in parse_cookies(header):
-        if key == name:
-            return value
-    return None
+    return CookieHeader.parse(header).get(name) if header else None
 
 
 def strip_cookies(header: str | None, names: Collection[str]) -> str | None:
-    """The header without the named cookies; None when no cookie is left.
-
-    A named cookie is a piece (between `;` and `,` separators, as `parse_cookies`
-    splits) that reads `name=...`; it goes with one separator and the whitespace
-    around it. Everything else stays byte for byte: the other pieces (quotes,
-    spacing, pieces without `=`) and the separators between them. Where pieces were
-    removed between two kept ones, the separator kept is a `,` if there was one
-    (Envoy's join of two `cookie` header lines), else the first `;`, each with the
-    whitespace that followed it. When no named cookie is present, `header` itself is
-    returned, untouched.
-    """
+    """`CookieHeader.without`: the header without the named cookies (see there)."""
     if not header or not any(name in header for name in names):
         return header
-    parts = _SEPARATOR.split(header)
-    pieces, separators = parts[0::2], parts[1::2]
-    named = [_is_named(piece, names) for piece in pieces]
-    if not any(named):
-        return header
-    out: list[str] = []
-    pending: tuple[str, str] | None = None  # (separator, the whitespace after it)
-    last = -1
-    for i, piece in enumerate(pieces):
-        if i:
-            separator = separators[i - 1], piece[: len(piece) - len(piece.lstrip(" \t"))]
-            if pending is None or (separator[0] == "," and pending[0] == ";"):
-                pending = separator
-        if named[i]:
-            continue
-        if out and pending is not None:
-            out += pending
-        out.append(piece.lstrip(" \t") if i else piece)
-        pending, last = None, i
-    if 0 <= last < len(pieces) - 1:
-        out[-1] = out[-1].rstrip(" \t")  # what followed it went
-    text = "".join(out)
-    return text if text.strip(" \t;,") else None
+    return CookieHeader.parse(header).without(names)
 
 
 def _is_named(piece: str, names: Collection[str]) -> bool:

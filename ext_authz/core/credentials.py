@@ -19,6 +19,7 @@ __all__ = [
     "BearerCredential",
     "Credential",
     "MalformedCredential",
+    "first_value",
     "parse_authorization",
 ]
 
@@ -60,15 +61,20 @@ class MalformedCredential:
 Credential = BasicCredential | BearerCredential | MalformedCredential
 
 
-def parse_authorization(value: str | None) -> Credential | None:
-    """Parse the first value of an `Authorization` header; None when there is none.
+def first_value(header: str) -> str:
+    """The first value of an `Authorization` header, as the credential cache keys it.
 
     Envoy joins repeated headers with `,`; neither base64 nor a b64token contains a
     comma, so the first value ends at the first comma.
     """
+    return header.split(",", 1)[0].strip(" \t")
+
+
+def parse_authorization(value: str | None) -> Credential | None:
+    """Parse the first value of an `Authorization` header; None when there is none."""
     if value is None:
         return None
-    first = value.split(",", 1)[0].strip(" \t")
+    first = first_value(value)
     if not first:
         return None if not value.strip(" \t,") else MalformedCredential("other", "empty value")
     match = _SCHEME_AND_REST.fullmatch(first)

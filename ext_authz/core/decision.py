@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from ext_authz.core.model import AuthRequest, Identity
+
+if TYPE_CHECKING:
+    from ext_authz.core.upstream import IdentityPart
 
 __all__ = [
     "Allow",
@@ -53,6 +57,8 @@ class Allow:
     create_session: bool = False
     dropped_headers: tuple[str, ...] = ()
     undeclared_headers: tuple[str, ...] = ()
+    # The identity part whose headers open `set_headers` (None without an identity).
+    identity_part: IdentityPart | None = field(default=None, compare=False, repr=False)
 
     def with_response_headers(self, *headers: tuple[str, str]) -> Allow:
         return replace(self, response_headers=self.response_headers + headers)

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ext_authz.core.cookies import expire_cookie, session_cookie, strip_cookies
+from ext_authz.core.cookies import CookieHeader, expire_cookie, session_cookie
 from ext_authz.core.credentials import (
     AUTHENTIK_TOKEN_USERNAME,
     BasicCredential,
@@ -48,10 +48,11 @@ from ext_authz.core.model import (
 )
 from ext_authz.core.paths import normalize_path
 from ext_authz.core.upstream import (
+    NO_IDENTITY,
+    IdentityPart,
     client_authentik_headers,
     client_declared_headers,
-    identity_headers,
-    upstream_basic,
+    identity_part,
 )
 
 if TYPE_CHECKING:
@@ -95,6 +96,12 @@ class Facts:
     # Every configured application's session and login cookie names (`cookie_names`),
     # computed once from the settings; empty: this application's own.
     cookie_names: frozenset[str] = frozenset()
+    # The request's Cookie header as the caller already split it (None: split here).
+    cookies: CookieHeader | None = None
+    # The allowed identity's `identity_part` for this application when the caller
+    # keeps one with a cached session or credential (None: computed here, and its
+    # dropped/undeclared names are reported in the Allow, to be logged once).
+    part: IdentityPart | None = None
 
 
 def login_cookie_name(app: Application) -> str:
@@ -295,28 +302,41 @@ def _allow(
     consumed: bool,
     create_session: bool,
 ) -> Allow:
-    """The OK mutations of SPEC §4 "Allowed requests" and §7."""
+    """The OK mutations of SPEC §4 "Allowed requests" and §7.
+
+    `set_headers` begins with the identity part's headers (a transport adapter may
+    render that prefix once per part), then the rewritten cookie."""
     request, app = facts.request, facts.app
-    part, fresh = _identity_part(identity, app) if identity is not None else (_NO_IDENTITY, False)
+    fresh = False
+    if identity is None:
+        part = NO_IDENTITY
+    elif facts.part is not None:
+        part = facts.part
+    else:
+        part, fresh = identity_part(identity, app), True
+    headers = request.headers
     set_headers = list(part.headers)
     # Headers we overwrite need no removal (Envoy overwrites them with append=false);
     # removing them as well could drop our own value.
     remove = list(part.removals)
-    remove += [n for n in client_authentik_headers(request.headers) if n.lower() not in part.names]
-    declared = client_declared_headers(request.headers, app.send.declared_headers)
-    remove += [n for n in declared if n.lower() not in part.names]
+    remove += [n for n in client_authentik_headers(headers) if n.lower() not in part.names]
+    declared = app.send.declared_headers
+    if declared:
+        remove += [
+            n for n in client_declared_headers(headers, declared) if n.lower() not in part.names
+        ]
     if (
-        "authorization" in request.headers
+        "authorization" in headers
         and "authorization" not in part.names
         and (consumed or app.intercept_header_auth)
     ):
         remove.append("authorization")
-    if app.send.strip_session_cookie and "cookie" in request.headers:
-        original = request.headers["cookie"]
-        stripped = strip_cookies(original, facts.cookie_names or cookie_names((app,)))
+    if app.send.strip_session_cookie and "cookie" in headers:
+        cookies = facts.cookies or CookieHeader.parse(headers["cookie"])
+        stripped = cookies.without(facts.cookie_names or cookie_names((app,)))
         if stripped is None:
             remove.append("cookie")
-        elif stripped != original:
+        elif stripped is not cookies.text:
             set_headers.append(("cookie", stripped))
 
     response: tuple[tuple[str, str], ...] = ()
@@ -326,68 +346,10 @@ def _allow(
         method=method,
         identity=identity,
         set_headers=tuple(set_headers),
-        remove_headers=tuple(dict.fromkeys(remove)),
+        remove_headers=tuple(dict.fromkeys(remove)) if len(remove) > 1 else tuple(remove),
         response_headers=response,
         create_session=create_session,
         dropped_headers=part.dropped if fresh else (),  # logged once, not per request
         undeclared_headers=part.undeclared if fresh else (),
+        identity_part=part if identity is not None else None,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class _IdentityPart:
-    """What an identity contributes to an allowed request, for one application."""
-
-    headers: tuple[tuple[str, str], ...]  # to set (non-empty values)
-    removals: tuple[str, ...]  # lower-case names whose value is empty
-    names: frozenset[str]  # lower-case names set
-    dropped: tuple[str, ...]  # names whose value was unsafe
-    undeclared: tuple[str, ...] = ()  # additionalHeaders names not in send.additional_headers
-
-
-_NO_IDENTITY = _IdentityPart((), (), frozenset(), ())
-# A cached session or credential hands in the same Identity object on every request,
-# so its part is computed once: keyed by object identity, checked with `is`.
-_PARTS: dict[tuple[int, int], tuple[Identity, Application, _IdentityPart]] = {}
-_PARTS_MAX = 4096
-
-
-def _identity_part(identity: Identity, app: Application) -> tuple[_IdentityPart, bool]:
-    """The identity's part, and whether it was computed just now (not remembered)."""
-    key = (id(identity), id(app))
-    entry = _PARTS.get(key)
-    if entry is not None and entry[0] is identity and entry[1] is app:
-        return entry[2], False
-    pairs: list[tuple[str, str]] = []
-    dropped: tuple[str, ...] = ()
-    undeclared: tuple[str, ...] = ()
-    if app.send.identity_headers:
-        built = identity_headers(
-            identity,
-            app_name=app.name,
-            provider=app.provider_name,
-            declared=app.send.declared_headers,
-        )
-        pairs += built.headers
-        dropped, undeclared = built.dropped, built.undeclared
-    if app.send.basic.enabled:
-        basic = upstream_basic(
-            identity,
-            username_attribute=app.send.basic.username_attribute,
-            password_attribute=app.send.basic.password_attribute,
-        )
-        pairs.append(("authorization", basic))
-    # An empty value is sent as a removal: Envoy may skip setting an empty header,
-    # which would leave a client-sent value of the same name in place.
-    kept = tuple((name, value) for name, value in pairs if value)
-    part = _IdentityPart(
-        headers=kept,
-        removals=tuple(name.lower() for name, value in pairs if not value),
-        names=frozenset(name.lower() for name, _ in kept),
-        dropped=dropped,
-        undeclared=undeclared,
-    )
-    if len(_PARTS) >= _PARTS_MAX:
-        _PARTS.clear()
-    _PARTS[key] = (identity, app, part)
-    return part, True

@@ -20,16 +20,22 @@ import base64
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ext_authz.core.model import Identity
 
+if TYPE_CHECKING:
+    from ext_authz.config import Application
+
 __all__ = [
+    "NO_IDENTITY",
+    "IdentityPart",
     "UpstreamHeaders",
     "additional_header_problem",
     "client_authentik_headers",
     "client_declared_headers",
     "identity_headers",
+    "identity_part",
     "is_safe_header_value",
     "upstream_basic",
 ]
@@ -176,3 +182,58 @@ def upstream_basic(identity: Identity, *, username_attribute: str, password_attr
     raw = f"{username}:{password}".encode("utf-8", "replace")
     encoded = base64.b64encode(raw).decode("ascii")
     return f"Basic {encoded}"
+
+
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
+class IdentityPart:
+    """What an identity contributes to every allowed request of one application: the
+    upstream headers of SPEC §7, computed once per identity and kept with it.
+
+    The caller (the service) keeps one with each cached session or credential, so it
+    lives exactly as long as that entry: no process-wide table holds tokens or
+    upstream passwords after a sign-out (issue 11). It compares by identity (`eq=False`)
+    and takes weak references, so a transport adapter may key its own rendering of it
+    (the Envoy adapter's serialized bytes) by the part itself.
+    """
+
+    headers: tuple[tuple[str, str], ...]  # to set (non-empty values)
+    removals: tuple[str, ...]  # lower-case names whose value is empty
+    names: frozenset[str]  # lower-case names set
+    dropped: tuple[str, ...]  # names whose value was unsafe
+    undeclared: tuple[str, ...] = ()  # additionalHeaders names not in send.additional_headers
+
+
+NO_IDENTITY = IdentityPart((), (), frozenset(), ())
+
+
+def identity_part(identity: Identity, app: Application) -> IdentityPart:
+    """The identity headers and upstream Basic of `identity` for `app` (SPEC §7)."""
+    pairs: list[tuple[str, str]] = []
+    dropped: tuple[str, ...] = ()
+    undeclared: tuple[str, ...] = ()
+    if app.send.identity_headers:
+        built = identity_headers(
+            identity,
+            app_name=app.name,
+            provider=app.provider_name,
+            declared=app.send.declared_headers,
+        )
+        pairs += built.headers
+        dropped, undeclared = built.dropped, built.undeclared
+    if app.send.basic.enabled:
+        basic = upstream_basic(
+            identity,
+            username_attribute=app.send.basic.username_attribute,
+            password_attribute=app.send.basic.password_attribute,
+        )
+        pairs.append(("authorization", basic))
+    # An empty value is sent as a removal: Envoy may skip setting an empty header,
+    # which would leave a client-sent value of the same name in place.
+    kept = tuple((name, value) for name, value in pairs if value)
+    return IdentityPart(
+        headers=kept,
+        removals=tuple(name.lower() for name, value in pairs if not value),
+        names=frozenset(name.lower() for name, _ in kept),
+        dropped=dropped,
+        undeclared=undeclared,
+    )

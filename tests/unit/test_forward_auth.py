@@ -625,7 +625,7 @@ def test_handler_answers_refusals_and_counts_them() -> None:
     async def never(_: AuthRequest) -> Allow | Deny:
         raise AssertionError("no decision for a refused request")
 
-    handler = ForwardAuth(never, TRUSTED, counted.append)
+    handler = ForwardAuth(never, None, TRUSTED, counted.append)
     for target, peer, status in [
         (f"{P}/auth/nginx", STRANGER, 403),
         (f"{P}/auth/nginx", PROXY, 400),
@@ -651,7 +651,7 @@ def test_handler_decides_and_maps_the_answer() -> None:
         asked.append((transport, can_redirect))
         return Deny(302, "redirect", (("location", "https://idp.example.com/"),))
 
-    handler = ForwardAuth(check, TRUSTED, lambda _: None)
+    handler = ForwardAuth(check, None, TRUSTED, lambda _: None)
     pending = handler(req(f"{P}/auth/nginx", {"x-original-url": "https://app.example.com/x"}))
     assert not isinstance(pending, HttpResponse)
 

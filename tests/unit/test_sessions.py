@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 
 from ext_authz.adapters.memory_store import MemoryStore
-from ext_authz.core.model import Identity
+from ext_authz.core.model import Identity, Rejected, Verified
 from ext_authz.crypto import credential_cache_key, session_key_id
 from ext_authz.errors import StoreUnavailable
 from ext_authz.ports import Namespace
@@ -312,10 +312,11 @@ def test_verified_and_rejected_credentials_are_cached() -> None:
         assert await cache.get(APP, HEADER) is None
         await cache.put_verified(APP, HEADER, ALICE, 60)
         hit = await cache.get(APP, HEADER)
-        assert isinstance(hit, CachedCredential) and hit.ok and hit.identity == ALICE
+        assert isinstance(hit, CachedCredential) and hit.outcome == Verified(ALICE, cached=True)
+        assert hit.identity == ALICE
         await cache.put_rejected(APP, "Bearer bad", "signature mismatch", 5)
         miss = await cache.get(APP, "Bearer bad")
-        assert miss is not None and not miss.ok and miss.reason == "signature mismatch"
+        assert miss is not None and miss.outcome == Rejected("signature mismatch")
         assert miss.identity is None
         assert await cache.get("other-app", HEADER) is None
         assert await cache.get(APP, HEADER + "x") is None
