@@ -7,10 +7,19 @@ prove what Envoy does with them.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ext_authz._proto import CheckRequest, HeaderValue
-from ext_authz.adapters.envoy import GrpcCode, grpc_status, to_auth_request, to_check_response
+from ext_authz.adapters.envoy import (
+    GrpcCode,
+    check_response_bytes,
+    grpc_status,
+    to_auth_request,
+    to_check_response,
+)
 from ext_authz.core.decision import Allow, Deny
+from ext_authz.core.upstream import IdentityPart
 
 
 def check_request(**headers: str) -> CheckRequest:
@@ -125,3 +134,63 @@ def test_grpc_status_is_derived_from_the_http_answer(status: int, code: int) -> 
 
 def test_allow_is_grpc_ok() -> None:
     assert grpc_status(Allow(method="skip")) == GrpcCode.OK
+
+
+# --- the allowed answer as bytes (issue 13) ----------------------------------------------
+
+_NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-_", min_size=1, max_size=20)
+# Header values as the core hands them over: valid text (no lone surrogates).
+_VALUES = st.text(st.characters(exclude_categories=("Cs",)), max_size=300)
+_PAIRS = st.lists(st.tuples(_NAMES, _VALUES), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    identity_headers=_PAIRS,
+    more=_PAIRS,
+    removed=st.lists(_NAMES, max_size=6),
+    client=_PAIRS,
+    with_part=st.booleans(),
+)
+def test_rendered_bytes_are_protobufs_own(
+    identity_headers: list[tuple[str, str]],
+    more: list[tuple[str, str]],
+    removed: list[str],
+    client: list[tuple[str, str]],
+    with_part: bool,
+) -> None:
+    part = IdentityPart(tuple(identity_headers), (), frozenset(), ())
+    allow = Allow(
+        method="session",
+        set_headers=(*identity_headers, *more),
+        remove_headers=tuple(removed),
+        response_headers=tuple(client),
+        identity_part=part if with_part else None,
+    )
+    expected = to_check_response(allow).SerializeToString()
+    assert check_response_bytes(allow) == expected
+    assert check_response_bytes(allow) == expected  # the part's rendering, reused
+
+
+def test_denials_are_serialized_by_protobuf() -> None:
+    deny = Deny(status=401, reason="unauthenticated", headers=(("www-authenticate", "Basic"),))
+    assert check_response_bytes(deny) == to_check_response(deny).SerializeToString()
+    tcp = Deny(status=403, reason="no_http")
+    assert (
+        check_response_bytes(tcp, http=False)
+        == to_check_response(tcp, http=False).SerializeToString()
+    )
+
+
+def test_a_parts_rendering_goes_with_the_part() -> None:
+    import gc
+
+    from ext_authz.adapters import envoy
+
+    part = IdentityPart((("x-authentik-jwt", "secret.token.value"),), (), frozenset(), ())
+    allow = Allow(method="session", set_headers=part.headers, identity_part=part)
+    check_response_bytes(allow)
+    assert any(b"secret.token.value" in v for v in envoy._RENDERED.values())
+    del allow, part
+    gc.collect()
+    assert not any(b"secret.token.value" in v for v in envoy._RENDERED.values())
