@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 _FALSE = BoolValue(value=False)
+_NO_CONTEXT: Mapping[str, str] = MappingProxyType({})
 
 
 class GrpcCode:
@@ -71,7 +72,8 @@ def grpc_status(decision: Allow | Deny) -> int:
 def to_auth_request(message: CheckRequest) -> AuthRequest:
     attributes = message.attributes
     request = attributes.request
-    context = MappingProxyType(dict(attributes.context_extensions))
+    extensions = attributes.context_extensions
+    context = MappingProxyType(dict(extensions)) if len(extensions) else _NO_CONTEXT
     if not request.HasField("http"):
         return AuthRequest(has_http=False, context_extensions=context)
     http = request.http
