@@ -264,15 +264,8 @@ class CheckService:
             verdict = outcome
             part = self._part(request, app, outcome.identity, cached.memo)
         outcome_now = steps.decide(
-            steps.Facts(
-                request=request,
-                app=app,
-                session=session,
-                credential=credential,
-                verdict=verdict,
-                cookie_names=self._cookie_names,
-                cookies=cookies,
-                part=part,
+            self._facts(
+                request, app, cookies, part, session=session, credential=credential, verdict=verdict
             )
         )
         if isinstance(outcome_now, steps.StartLogin):
@@ -280,6 +273,24 @@ class CheckService:
         if isinstance(outcome_now, Allow) and outcome_now.create_session:
             return None  # a session to store
         return app, outcome_now
+
+    def _facts(
+        self,
+        request: AuthRequest,
+        app: Application,
+        cookies: CookieHeader | None,
+        part: IdentityPart | None,
+        **found: Any,
+    ) -> steps.Facts:
+        """The facts of one request, with what this service computed once."""
+        return steps.Facts(
+            request=request,
+            app=app,
+            cookie_names=self._cookie_names,
+            cookies=cookies,
+            part=part,
+            **found,
+        )
 
     def _cached_method(
         self, request: AuthRequest, app: Application, memo: Memo
@@ -324,17 +335,16 @@ class CheckService:
             elif isinstance(credential, MalformedCredential):
                 self._log_rejected(request, app.name, credential.scheme, credential.reason)
         outcome = steps.decide(
-            steps.Facts(
-                request=request,
-                app=app,
+            self._facts(
+                request,
+                app,
+                cookies,
+                part,
                 session=session,
                 stale_cookie=stale,
                 store_down=store_down,
                 credential=credential,
                 verdict=verdict,
-                cookie_names=self._cookie_names,
-                cookies=cookies,
-                part=part,
             )
         )
         if isinstance(outcome, steps.StartLogin):
