@@ -20,32 +20,17 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.stack.demo import BOB, LoopbackTransport, Stack
+from tests.stack.demo import BOB, Stack
 from tests.stack.proc import wait_until
-from tests.support import basic, echoed
+from tests.support import basic, client_from, echoed, vm_kib
 
 pytestmark = pytest.mark.e2e
 
 FLOOD = 60  # parallel guessers (issue 11)
 ROUNDS = 4  # at most this many guesses each: a bounded flood (<= 240 requests)
 ENVOY_TIMEOUT = 5.0  # envoy/envoy.yaml.tmpl's ext_authz timeout
-
-
-def vm_kib(pid: int, field: str) -> int:
-    """VmRSS / VmHWM of a process, in KiB, from /proc."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(f"{field} not in /proc/{pid}/status")
-
-
-def client_from(address: str) -> httpx.Client:
-    """A client whose connections come from `address` (what Envoy reports as source)."""
-    return httpx.Client(transport=LoopbackTransport(local_address=address), timeout=30.0)
 
 
 def requests_seen(stack: Stack) -> int:
