@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import threading
 from typing import Any
 
 import httpx
@@ -92,3 +93,18 @@ def client_from(address: str, **kwargs: Any) -> httpx.Client:
     followed."""
     kwargs.setdefault("timeout", 30.0)
     return httpx.Client(transport=LoopbackTransport(local_address=address), **kwargs)
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's VmRSS until stopped (a measurement, orders nothing)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, vm_kib(self.pid, "VmRSS"))
+            self.stop.wait(0.01)
