@@ -100,13 +100,15 @@ def verifier_calls(stack: Stack, app: str) -> dict[str, float]:
       is counted), and on `whoami` each is exactly one argon2id run (the user's one
       app-password hash) in the hash pool.
     - `idp_token`: the IdP's own count of authentik app-password requests
-      (client_credentials grants at its token endpoint), for `app`.
+      (client_credentials grants at its token endpoint), for `app`; `token_metric`:
+      the replicas' count of their token requests (`ext_authz_idp_requests_total`).
     """
     calls = {"misses": summed(stack, "ext_authz_cache_requests_total", cache="credential",
                               result="miss")}  # fmt: skip
     if app == "app":
         assert stack.idp is not None
         calls["idp_token"] = stack.idp.stats().get("token:client_credentials", 0)
+        calls["token_metric"] = summed(stack, "ext_authz_idp_requests_total", endpoint="token")
     return calls
 
 
@@ -184,6 +186,7 @@ def test_guesses_past_the_limit_get_429_and_reach_no_verifier(shared: Stack, app
     assert after["misses"] - before["misses"] == FAILURES, (before, after)
     if app == "app":
         assert after["idp_token"] - before["idp_token"] == FAILURES, (before, after)
+        assert after["token_metric"] - before["token_metric"] == FAILURES, (before, after)
     rejected = new_records(stack, offsets, "credential rejected")
     assert sum(len(r) for r in rejected) == FAILURES, rejected
     # Both replicas answered, and each verified fewer than `failures` guesses: only a
