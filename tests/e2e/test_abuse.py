@@ -103,8 +103,8 @@ def verifier_calls(stack: Stack, app: str) -> dict[str, float]:
       (client_credentials grants at its token endpoint), for `app`; `token_metric`:
       the replicas' count of their token requests (`ext_authz_idp_requests_total`).
     """
-    calls = {"misses": summed(stack, "ext_authz_cache_requests_total", cache="credential",
-                              result="miss")}  # fmt: skip
+    misses = summed(stack, "ext_authz_cache_requests_total", cache="credential", result="miss")
+    calls = {"misses": misses}
     if app == "app":
         assert stack.idp is not None
         calls["idp_token"] = stack.idp.stats().get("token:client_credentials", 0)
@@ -195,8 +195,8 @@ def test_guesses_past_the_limit_get_429_and_reach_no_verifier(shared: Stack, app
         total(scrape(str(r.http_url)), "ext_authz_checks_total", app=app) - b
         for r, b in zip(stack.replicas, checks_before, strict=True)
     ]
-    print(f"checks answered per replica: {checks}; rejections per replica: "
-          f"{[len(r) for r in rejected]}")  # fmt: skip
+    per_replica = [len(r) for r in rejected]
+    print(f"checks answered per replica: {checks}; rejections per replica: {per_replica}")
     assert all(c > 0 for c in checks), checks
     assert all(len(r) < FAILURES for r in rejected), rejected
 
@@ -260,8 +260,10 @@ def test_sign_ins_past_the_limit_get_the_429_page_and_store_nothing(
         other = neighbour.get(stack.url("app", "/page"), headers=HTML)
 
     statuses = [r.status_code for r in answers]
-    print(f"{most + extra} sign-ins from one address: {statuses.count(302)} x 302, "
-          f"{statuses.count(429)} x 429; {stored} login states in Redis")  # fmt: skip
+    print(
+        f"{most + extra} sign-ins from one address: {statuses.count(302)} x 302, "
+        f"{statuses.count(429)} x 429; {stored} login states in Redis"
+    )
     assert statuses == [302] * most + [429] * extra, statuses
     for started in answers[:most]:
         assert authorize_params(started.headers["location"])["state"]
