@@ -19,7 +19,8 @@ sees a client address or a username in clear):
   fill the store. The factor is generous on purpose: browsers start sign-ins far more
   often than passwords fail (tabs, expired sessions, several users behind one NAT).
 - One log line and one metric when a client crosses a limit (the count that reaches
-  the limit is seen by exactly one replica: the store counts atomically).
+  the limit is seen by exactly one replica: the store counts atomically). Crossing
+  both limits at once is one line (the client's).
 
 Faults: the throttle fails open. A store that does not answer is no reason to refuse
 a credential (SPEC §8 keeps header auth working without the store), and the verifier
@@ -94,11 +95,15 @@ class Throttle:
         except StoreUnavailable:
             self._metrics.store_errors.labels("throttle_count").inc()
             return
+        client_count = counts[0][0]
         for (scope, _), (count, left) in zip(scopes, counts, strict=True):
             if count == limit.failures:
-                # A client's own count is never below its per-username count, so the
-                # client scope crosses first (or with it): that is the one log line.
-                self._started(app, client, scope, "credential", left, log=scope == "client")
+                # One log line per start of throttling. Usually the client's own count
+                # crosses first or with its count for the username, and the client's
+                # line is the one. But each count has its own window: once the client's
+                # has restarted, a username's can cross alone, and that is a start too.
+                log = scope == "client" or client_count < limit.failures
+                self._started(app, client, scope, "credential", left, log=log)
 
     async def login_started(self, app: Application, client: str) -> int | None:
         """Count one new login state of `client`; seconds to wait when it is past its

@@ -20,12 +20,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.stack.demo import BOB, LoopbackTransport, Stack
+from tests.stack.demo import BOB, Stack
 from tests.stack.proc import wait_until
-from tests.support import basic, echoed
+from tests.support import RssSampler, basic, client_from, echoed, vm_kib
 
 pytestmark = pytest.mark.e2e
 
@@ -34,38 +33,9 @@ ROUNDS = 4  # at most this many guesses each: a bounded flood (<= 240 requests)
 ENVOY_TIMEOUT = 5.0  # envoy/envoy.yaml.tmpl's ext_authz timeout
 
 
-def vm_kib(pid: int, field: str) -> int:
-    """VmRSS / VmHWM of a process, in KiB, from /proc."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(f"{field} not in /proc/{pid}/status")
-
-
-def client_from(address: str) -> httpx.Client:
-    """A client whose connections come from `address` (what Envoy reports as source)."""
-    return httpx.Client(transport=LoopbackTransport(local_address=address), timeout=30.0)
-
-
 def requests_seen(stack: Stack) -> int:
     name = "http.ingress_http.downstream_rq_total"
     return stack.envoy.stats(r"^http\.ingress_http\.downstream_rq_total$").get(name, 0)
-
-
-class RssSampler(threading.Thread):
-    """Samples a process's VmRSS until stopped (a measurement, orders nothing)."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.peak = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.peak = max(self.peak, vm_kib(self.pid, "VmRSS"))
-            self.stop.wait(0.01)
 
 
 def test_a_flood_of_wrong_passwords_neither_starves_a_login_nor_bloats_memory(
@@ -129,5 +99,8 @@ def test_a_flood_of_wrong_passwords_neither_starves_a_login_nor_bloats_memory(
     )
     assert echoed(valid)["x-authentik-username"] == [BOB.username]
     assert latency < ENVOY_TIMEOUT
-    assert set(statuses) <= {401, 503}, statuses  # never let in; busy is 503, ours
+    # Never let in: 401, busy (503, ours), or 429 once the guesser is past
+    # receive.throttle (the default, 10 rejections): on a slow machine the valid login
+    # can take long enough for the guessers' later rounds to meet the throttle.
+    assert set(statuses) <= {401, 429, 503}, statuses
     assert peak < 2 * idle and high_water < 2 * idle

@@ -22,7 +22,7 @@ from tests.e2e.signin import sign_in
 from tests.stack.demo import ALICE, BOB, BOB_STATIC_TOKEN, CAROL, OIDC_CLIENT_ID, Stack
 from tests.stack.proc import ROOT, free_port, wait_until
 from tests.stack.redis import RedisServer
-from tests.support import basic
+from tests.support import basic, scrape, total
 
 pytestmark = pytest.mark.e2e
 
@@ -31,26 +31,6 @@ pytestmark = pytest.mark.e2e
 # and Envoy; on a busy two-core machine that can take a while.
 STARTUP_BOUND = 120.0
 RECOVERY_BOUND = 30.0
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Samples by their full name with labels, e.g. 'ext_authz_checks_total{app="app",...}'."""
-    samples: dict[str, float] = {}
-    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
-
-
-def total(samples: dict[str, float], name: str, **labels: str) -> float:
-    out = 0.0
-    for key, value in samples.items():
-        if key.split("{", 1)[0] != name:
-            continue
-        if all(f'{k}="{v}"' in key for k, v in labels.items()):
-            out += value
-    return out
 
 
 def checks_resent(stack: Stack) -> int:

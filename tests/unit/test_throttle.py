@@ -125,6 +125,43 @@ def test_one_log_line_when_a_client_crosses(caplog: pytest.LogCaptureFixture) ->
     assert "alice" not in repr(lines[0].__dict__)
 
 
+def test_a_username_limit_crossed_before_the_clients_own_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The two counts have windows of their own (each from its first count): once the
+    client's window has restarted, the client's count for one username can reach the
+    limit while its own count is below it. That client starts being throttled for that
+    username then, and the one log line must say so."""
+    clock = Clock()
+    limit, metrics = throttle(MemoryStore("t:", clock=clock))
+
+    async def body() -> None:
+        await limit.rejected(APP, "10.0.0.7", "bob")  # the client's window: 1000..1060
+        clock.now += 30
+        await limit.rejected(APP, "10.0.0.7", "alice")  # alice's window: 1030..1090
+        clock.now += 31  # the client's window is over, alice's is not
+        for _ in range(2):
+            await limit.rejected(APP, "10.0.0.7", "alice")
+        assert await limit.blocked(APP, "10.0.0.7", "alice") == 29  # throttled for alice
+        assert await limit.blocked(APP, "10.0.0.7", "bob") is None  # not for everyone
+        # One more, for another username: the client's own count (2 in its new window)
+        # crosses too, a second start.
+        await limit.rejected(APP, "10.0.0.7", "carol")
+        assert await limit.blocked(APP, "10.0.0.7", "bob") == 60
+
+    with caplog.at_level("INFO", logger="ext_authz"):
+        run(body())
+    lines = [r.__dict__ for r in caplog.records if r.getMessage() == "client throttled"]
+    assert [(line["client"], line["scope"]) for line in lines] == [
+        ("10.0.0.7", "user"),
+        ("10.0.0.7", "client"),
+    ], lines
+    assert not any("alice" in repr(line) for line in lines)
+    for scope in ("user", "client"):
+        labels = {"app": "app", "kind": "credential", "scope": scope}
+        assert sample(metrics, "ext_authz_throttle_started_total", **labels) == 1
+
+
 def test_off_and_unknown_clients_are_never_counted() -> None:
     store = MemoryStore("t:", clock=Clock())
     limit, _ = throttle(store)
