@@ -6,6 +6,8 @@
   workers); CPU is utime+stime+cutime+cstime from /proc/PID/stat, summed over the
   tree (cutime covers children that exited in between, without double counting).
 - `redis_commands`: INFO commandstats as {command: calls}.
+- `http_checks`: the Checks an ext-authz instance answered over HTTP forward auth, from
+  its own /metrics (for nginx, which keeps no count of its auth subrequests).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import redis
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -140,6 +143,22 @@ def _rss_bytes(pid: int) -> int:
         return 0
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat: how busy the whole machine
+    was (our processes and everyone else's) between two readings."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, as /proc/loadavg has them."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
 class ProcessTree:
     """A root process and its descendants, found afresh on every call."""
 
@@ -229,3 +248,16 @@ def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 def idp_total(stats: dict[str, int]) -> int:
     """Requests to the IdP: endpoint counters only (`token:<grant>` splits `token`)."""
     return sum(v for k, v in stats.items() if ":" not in k)
+
+
+# --- ext-authz's own count -------------------------------------------------------------
+
+
+def http_checks(metrics_base_url: str) -> int:
+    """ext_authz_checks_total summed over every label set with transport="http"."""
+    text = httpx.get(f"{metrics_base_url}/metrics", timeout=5.0).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("ext_authz_checks_total{") and 'transport="http"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
