@@ -2,9 +2,11 @@
 
 A scenario names data only; `bench.world.World` turns `credential` into headers and
 `bench.__main__` runs it. `authz` names the process tree whose CPU is charged to
-each Check (None: Envoy alone decides). Order matters: `floor` comes early so every
-later figure has its ratio, and cold-cache scenarios (`basic-app`, the bearers) run
-once on a fresh Redis, so their IdP counts show "one IdP call per credential".
+each Check (None: the proxy alone decides). Order matters: `floor` comes early so
+every later figure has its ratio, and cold-cache scenarios (`basic-app`, the bearers)
+run once on a fresh Redis, so their IdP counts show "one IdP call per credential"; the
+forward-auth rows come last, so they reuse those cached credentials (as `session` and
+`http-session` share one cached session) rather than warming them for the gRPC rows.
 
 Listeners (bench.envoy): plain, floor (allow-all servicer), w1 (ext-authz
 workers 1), w2 (workers 2), nolocal (workers 1, store.local_cache_ttl 0),
