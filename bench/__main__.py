@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_profile and profiled:
             meta["py_spy"] = _version([profiling.py_spy(), "--version"])
             summaries = profiling.profile(world, profiled, args.out, args.profile_duration,
-                                          args.threads, args.connections)  # fmt: skip
+                                          args.threads, args.connections,
+                                          meta.setdefault("profile_check_results", {}))  # fmt: skip
     finally:
         world.stop()
         stop_all()

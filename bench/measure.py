@@ -6,8 +6,10 @@
   workers); CPU is utime+stime+cutime+cstime from /proc/PID/stat, summed over the
   tree (cutime covers children that exited in between, without double counting).
 - `redis_commands`: INFO commandstats as {command: calls}.
-- `http_checks`: the Checks an ext-authz instance answered over HTTP forward auth, from
-  its own /metrics (for nginx, which keeps no count of its auth subrequests).
+- `check_results`: an ext-authz instance's own count of its decisions, from /metrics
+  (`ext_authz_checks_total` by app, method, result and transport): what the Checks
+  of a row decided (wrk counts a 302 as a success), and for nginx, which keeps no count
+  of its auth subrequests, how many there were (`http_checks`).
 """
 
 from __future__ import annotations
@@ -253,11 +255,22 @@ def idp_total(stats: dict[str, int]) -> int:
 # --- ext-authz's own count -------------------------------------------------------------
 
 
-def http_checks(metrics_base_url: str) -> int:
-    """ext_authz_checks_total summed over every label set with transport="http"."""
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def check_results(metrics_base_url: str) -> dict[str, int]:
+    """{"transport app method result": Checks} from ext_authz_checks_total."""
     text = httpx.get(f"{metrics_base_url}/metrics", timeout=5.0).text
-    total = 0.0
+    out: dict[str, int] = {}
     for line in text.splitlines():
-        if line.startswith("ext_authz_checks_total{") and 'transport="http"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+        if line.startswith("ext_authz_checks_total{"):
+            labels, _, value = line.rpartition(" ")
+            got = dict(_LABEL.findall(labels))
+            key = " ".join(got.get(k, "?") for k in ("transport", "app", "method", "result"))
+            out[key] = out.get(key, 0) + int(float(value))
+    return out
+
+
+def http_checks(results: dict[str, int]) -> int:
+    """The Checks answered over HTTP forward auth, of a `check_results` reading."""
+    return sum(n for key, n in results.items() if key.startswith("http "))

@@ -170,13 +170,18 @@ def _record(world: World, scenario: str, pid: int, out: Path, fmt: str, duration
 
 
 def profile(world: World, scenarios: Sequence[str], outdir: Path, duration: float,
-            threads: int, connections: int) -> dict[str, tuple[Summary, Summary]]:  # fmt: skip
-    """{scenario: (Python-level summary, native summary)}."""
+            threads: int, connections: int,
+            decisions: dict[str, dict[str, int]] | None = None,
+            ) -> dict[str, tuple[Summary, Summary]]:  # fmt: skip
+    """{scenario: (Python-level summary, native summary)}. `decisions` receives, per
+    scenario, what ext-authz decided while it was sampled (so a profile of a cached
+    path is known to be one)."""
     out: dict[str, tuple[Summary, Summary]] = {}
     for name in scenarios:
         tree = world.authz_tree(BY_NAME[name])
         if tree is None:
             continue
+        before = world.check_results(BY_NAME[name])
         raw = outdir / f"profile-{name}.txt"
         print(f"  profiling {name} ({duration:g} s) ...", flush=True)
         _record(world, name, tree.pid, raw, "raw", duration, threads, connections)
@@ -186,6 +191,10 @@ def profile(world: World, scenarios: Sequence[str], outdir: Path, duration: floa
             _record(world, name, tree.pid, outdir / f"profile-{name}.svg", "flamegraph",
                     duration, threads, connections)  # fmt: skip
         out[name] = (summarise(raw.read_text()), summarise(native.read_text(), native=True))
+        after = world.check_results(BY_NAME[name])
+        if decisions is not None and before is not None and after is not None:
+            decisions[name] = {k: n - before.get(k, 0) for k, n in after.items()
+                               if n - before.get(k, 0)}  # fmt: skip
     return out
 
 
@@ -268,6 +277,10 @@ def write_profile_md(path: Path, summaries: dict[str, tuple[Summary, Summary]],
         if scpu and floor_cpu:
             lines += [f"Above {base}: {scpu - floor_cpu:.0f} µs/Check "
                       f"({scpu / floor_cpu:.2f}x).", ""]  # fmt: skip
+        decided = meta.get("profile_check_results", {}).get(name)
+        if decided:
+            lines += ["Decisions while sampled (transport app method result: Checks): "
+                      + ", ".join(f"`{k}`: {n}" for k, n in sorted(decided.items())), ""]
         lines += ["### By area, Python level (self time)", ""]
         lines += _area_table(summary, scpu, floor, floor_cpu)
         lines += ["", "### By area, native (self time)", ""]

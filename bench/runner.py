@@ -65,11 +65,13 @@ def run_scenario(
     via_envoy = s.proxy == "envoy" and ext_authz
 
     def snapshot() -> dict[str, Any]:
+        results = world.check_results(s) if ext_authz else None
         return {
+            "results": results or {},
             "cpu": tree.cpu_seconds() if tree else 0.0,
             "proxy_cpu": proxy_tree.cpu_seconds(),
             "upstream_cpu": upstream_tree.cpu_seconds() if upstream_tree else 0.0,
-            "checks": world.checks(s) if ext_authz else 0,
+            "checks": world.checks(s, results) if ext_authz else 0,
             "cx": world.envoy.upstream(s.listener) if via_envoy else {},  # type: ignore[union-attr]
             "redis": redis_commands(redis_port) if redis_port else {},
             "idp": idp.stats() if idp is not None else {},
@@ -82,6 +84,7 @@ def run_scenario(
     after = snapshot()
 
     checks = after["checks"] - before["checks"]
+    decided = diff(after["results"], before["results"])
     redis_delta = diff(after["redis"], before["redis"])
     idp_delta = diff(after["idp"], before["idp"])
     per = checks if ext_authz else wrk.requests
@@ -112,6 +115,8 @@ def run_scenario(
             "opened": after["cx"].get("upstream_cx_total", 0)
             - before["cx"].get("upstream_cx_total", 0),
         } if via_envoy else None,
+        # ext-authz's own count: "transport app method result" -> Checks in the run.
+        "check_results": decided if s.authz in world.instances else None,
         "redis_commands": redis_delta,
         "redis_per_check": (
             round(sum(redis_delta.values()) / per, 4) if redis_port and per else None
@@ -133,6 +138,10 @@ def run_scenario(
     )
     if s.expect == 200 and wrk.non_2xx:
         row["error"] = f"{wrk.non_2xx} of {wrk.requests} responses were not 2xx"
+    # wrk counts 3xx as successes: a row expecting 200 must have been allowed throughout.
+    not_allowed = {k: n for k, n in decided.items() if not k.endswith(" allow")}
+    if s.expect == 200 and not_allowed:
+        row["error"] = f"{sum(not_allowed.values())} Checks were not allowed: {not_allowed}"
     if s.expect != 200 and wrk.non_2xx != wrk.requests:
         row["error"] = f"only {wrk.non_2xx} of {wrk.requests} responses were non-2xx"
     return row

@@ -25,7 +25,7 @@ import httpx
 
 from bench import nginx as bench_nginx
 from bench.envoy import FORWARD_AUTH_PING, BenchEnvoy, Listener
-from bench.measure import ProcessTree, http_checks
+from bench.measure import ProcessTree, check_results, http_checks
 from bench.scenarios import Scenario
 from tests.stack.allow_all import AllowAllServer
 from tests.stack.demo import (
@@ -307,13 +307,20 @@ class World:
             return ProcessTree(self.nginx_upstream.pid)
         return None
 
-    def checks(self, scenario: Scenario) -> int:
+    def check_results(self, scenario: Scenario) -> dict[str, int] | None:
+        """The scenario's ext-authz instance's decisions so far, by transport, app,
+        method and result (None for the floors and Envoy-only rows)."""
+        instance = self.instances.get(scenario.authz or "")
+        if instance is None or instance.http_url is None:
+            return None
+        return check_results(instance.http_url)
+
+    def checks(self, scenario: Scenario, results: dict[str, int] | None = None) -> int:
         """Decisions so far for the scenario's listener: Envoy's ext_authz counters, or
-        (nginx, which counts no subrequests) the ext-authz instance's own HTTP Checks."""
+        (nginx, which counts no subrequests) the ext-authz instance's own HTTP Checks
+        (from `results`, a `check_results` reading, when given)."""
         if scenario.proxy == "nginx":
-            assert scenario.authz is not None
-            url = self.instances[scenario.authz].http_url
-            assert url is not None
-            return http_checks(url)
+            return http_checks(results if results is not None else
+                               self.check_results(scenario) or {})  # fmt: skip
         assert self.envoy is not None
         return self.envoy.checks(scenario.listener)
