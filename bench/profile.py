@@ -281,6 +281,9 @@ def write_profile_md(path: Path, summaries: dict[str, tuple[Summary, Summary]],
         if decided:
             lines += ["Decisions while sampled (transport app method result: Checks): "
                       + ", ".join(f"`{k}`: {n}" for k, n in sorted(decided.items())), ""]
+            if any(not k.endswith(" allow") for k in decided):
+                lines += ["**Not every Check was allowed while sampled: this profile is "
+                          "not only of the path its row measured.**", ""]
         lines += ["### By area, Python level (self time)", ""]
         lines += _area_table(summary, scpu, floor, floor_cpu)
         lines += ["", "### By area, native (self time)", ""]
