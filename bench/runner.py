@@ -142,6 +142,9 @@ def run_scenario(
     not_allowed = {k: n for k, n in decided.items() if not k.endswith(" allow")}
     if s.expect == 200 and not_allowed:
         row["error"] = f"{sum(not_allowed.values())} Checks were not allowed: {not_allowed}"
+    throttled = {k: n for k, n in decided.items() if k.endswith("throttled")}
+    if throttled:  # the row would measure the guessing limit, not its own path
+        row["error"] = f"{sum(throttled.values())} Checks were throttled: {throttled}"
     if s.expect != 200 and wrk.non_2xx != wrk.requests:
         row["error"] = f"only {wrk.non_2xx} of {wrk.requests} responses were non-2xx"
     return row

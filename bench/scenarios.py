@@ -20,7 +20,8 @@ tiny nginx upstream that answers `return 200`.
 Applications in ext-authz (tests.stack.demo world plus bench overrides):
   app        OIDC, create_session true: the cookie comes from here; Basic here makes a
              new session per cookie-less request
-  app-nosess the same OIDC client, create_session false, negative_cache_ttl 0
+  app-nosess the same OIDC client, create_session false, negative_cache_ttl 0, no
+             guessing limit (receive.throttle.failures 0, for `miss`)
   whoami     directory users (argon2id), create_session false
 """
 

@@ -193,7 +193,11 @@ class World:
                     "client_secret": OIDC_CLIENT_SECRET,
                     "client_auth": "client_secret_post",
                 },
-                "receive": {"create_session": False, "negative_cache_ttl": 0},
+                # No guessing limit (SPEC §5): the `miss` row sends a wrong password
+                # per request to measure a verification at the IdP each time; with the
+                # limit, after 10 it measured the 429 of a throttled client instead.
+                "receive": {"create_session": False, "negative_cache_ttl": 0,
+                            "throttle": {"failures": 0}},
             }
         overrides: dict[str, Any] = {
             "server": {"workers": 2 if name == "w2" else 1},
