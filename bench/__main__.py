@@ -18,6 +18,7 @@ from typing import Any
 
 from bench import profile as profiling
 from bench import report
+from bench.measure import loadavg
 from bench.runner import run_scenario
 from bench.scenarios import PROFILED, select
 from bench.world import World
@@ -81,12 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ext-authz-bench-"))
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    uses_nginx = any(s.proxy == "nginx" for s in scenarios)
     meta: dict[str, Any] = {
         "started": started,
         "machine": _machine(),
         "python": sys.version.split()[0],
         "envoy_version": _version([str(envoy_binary()), "--version"]).split("version: ")[-1],
         "wrk_version": _version(["wrk", "-v"]),
+        "nginx_version": _version(["nginx", "-v"]) if uses_nginx else None,
+        "loadavg_before": loadavg(),
         "envoy_concurrency": args.envoy_concurrency,
         "wrk_threads": args.threads,
         "wrk_connections": args.connections,
@@ -130,11 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_profile and profiled:
             meta["py_spy"] = _version([profiling.py_spy(), "--version"])
             summaries = profiling.profile(world, profiled, args.out, args.profile_duration,
-                                          args.threads, args.connections)  # fmt: skip
+                                          args.threads, args.connections,
+                                          meta.setdefault("profile_check_results", {}))  # fmt: skip
     finally:
         world.stop()
         stop_all()
 
+    meta["loadavg_after"] = loadavg()
     report.add_ratios(rows)
     gs = report.goals(rows)
     print()

@@ -12,6 +12,10 @@ Targets (`Listener.kind`):
                 or an ext-authz instance), configured like envoy/envoy.yaml.tmpl
   ext_authz_http  the same filter with `http_service` (HTTP/1.1 forward auth, SPEC §10)
                 to a cluster of `http_ports`, path_prefix /outpost.goauthentik.io/auth/envoy
+                (a minimal filter: the server-choice benchmark, bench.http_candidates)
+  forward_auth  `http_service` to a cluster of `http_ports` with the filter taken from the
+                shipped envoy/envoy-http.yaml.tmpl (allowed headers, upstream/client
+                header patterns, timeout), so the `http-*` rows pay what production pays
   jwt_authn     envoy.filters.http.jwt_authn with local_jwks (Envoy's native JWT)
   basic_auth    envoy.filters.http.basic_auth with an htpasswd {SHA} line
 
@@ -30,12 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
-from tests.stack.envoy import envoy_binary, validate_config
+from tests.stack.envoy import HTTP_TEMPLATE, envoy_binary, render_config, validate_config
 from tests.stack.proc import ManagedProcess, free_port, port_open, wait_until
 
 _T = "type.googleapis.com/envoy.extensions"
-AUTHZ_KINDS = ("ext_authz", "ext_authz_http")  # the kinds with an authorizer cluster
+# the kinds with an authorizer cluster
+AUTHZ_KINDS = ("ext_authz", "ext_authz_http", "forward_auth")
+HTTP_KINDS = ("ext_authz_http", "forward_auth")  # ... over HTTP/1.1
 
 # The HttpConnectionManager settings every shipped Envoy config carries, so the path
 # ext-authz judges is the path the upstream receives (envoy/envoy.yaml.tmpl says why).
@@ -126,6 +133,24 @@ def _ext_authz_http_filter(cluster: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def shipped_http_filter(cluster: str) -> dict[str, Any]:
+    """The ext_authz filter of envoy/envoy-http.yaml.tmpl (rendered, parsed), asking
+    `cluster`: the bench follows the shipped config rather than a copy of it."""
+    rendered = render_config(listen_port=1, admin_port=0, ext_authz_ports=[2], echo_port=3,
+                             template=HTTP_TEMPLATE)  # fmt: skip
+    config = yaml.safe_load(rendered)
+    [listener] = config["static_resources"]["listeners"]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    # The rest of the shipped HCM must be what _listener gives every bench listener.
+    expected = {"generate_request_id": True, "use_remote_address": True, **PATH_NORMALISATION}
+    differs = [k for k, v in expected.items() if hcm.get(k) != v]
+    if differs:
+        raise ValueError(f"envoy-http.yaml.tmpl: HCM {differs} differ from the bench's")
+    [authz] = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"]
+    authz["typed_config"]["http_service"]["server_uri"]["cluster"] = cluster
+    return dict(authz)
+
+
 def _auth_filters(lst: Listener) -> list[dict[str, Any]]:
     if lst.kind == "plain":
         return []
@@ -133,6 +158,8 @@ def _auth_filters(lst: Listener) -> list[dict[str, Any]]:
         return [_ext_authz_filter(lst.cluster)]
     if lst.kind == "ext_authz_http":
         return [_ext_authz_http_filter(lst.cluster)]
+    if lst.kind == "forward_auth":
+        return [shipped_http_filter(lst.cluster)]
     if lst.kind == "jwt_authn":
         return [{
             "name": "envoy.filters.http.jwt_authn",
@@ -204,9 +231,12 @@ def _endpoints(ports: Sequence[int]) -> list[dict[str, Any]]:
 
 
 def _http_cluster(lst: Listener) -> dict[str, Any]:
-    # HTTP/1.1 (Envoy's default for a cluster without protocol options), health-checked
-    # on the outpost ping path.
-    return {
+    # HTTP/1.1 (Envoy's default for a cluster without protocol options). The shipped
+    # config's cluster (kind forward_auth) has no health check: ext-authz answers the
+    # outpost ping only for an application's host (204; 403 for Envoy's `Host:
+    # <cluster>`), and the world waits for the port itself. The allow-all candidates
+    # (kind ext_authz_http) are health-checked on the ping path.
+    cluster = {
         "name": lst.cluster,
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -214,6 +244,10 @@ def _http_cluster(lst: Listener) -> dict[str, Any]:
             "cluster_name": lst.cluster,
             "endpoints": [{"lb_endpoints": _endpoints(lst.http_ports)}],
         },
+    }
+    if lst.kind == "forward_auth":
+        return cluster
+    return cluster | {
         "health_checks": [{
             "timeout": "1s", "interval": "1s", "no_traffic_interval": "1s",
             "no_traffic_healthy_interval": "1s", "unhealthy_threshold": 2,
@@ -224,7 +258,7 @@ def _http_cluster(lst: Listener) -> dict[str, Any]:
 
 
 def _cluster(lst: Listener) -> dict[str, Any]:
-    if lst.kind == "ext_authz_http":
+    if lst.kind in HTTP_KINDS:
         return _http_cluster(lst)
     endpoints = _endpoints(lst.grpc_ports)
     return {

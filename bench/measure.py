@@ -6,6 +6,10 @@
   workers); CPU is utime+stime+cutime+cstime from /proc/PID/stat, summed over the
   tree (cutime covers children that exited in between, without double counting).
 - `redis_commands`: INFO commandstats as {command: calls}.
+- `check_results`: an ext-authz instance's own count of its decisions, from /metrics
+  (`ext_authz_checks_total` by app, method, result and transport): what the Checks
+  of a row decided (wrk counts a 302 as a success), and for nginx, which keeps no count
+  of its auth subrequests, how many there were (`http_checks`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import redis
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -140,6 +145,22 @@ def _rss_bytes(pid: int) -> int:
         return 0
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat: how busy the whole machine
+    was (our processes and everyone else's) between two readings."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, as /proc/loadavg has them."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
 class ProcessTree:
     """A root process and its descendants, found afresh on every call."""
 
@@ -229,3 +250,27 @@ def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 def idp_total(stats: dict[str, int]) -> int:
     """Requests to the IdP: endpoint counters only (`token:<grant>` splits `token`)."""
     return sum(v for k, v in stats.items() if ":" not in k)
+
+
+# --- ext-authz's own count -------------------------------------------------------------
+
+
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def check_results(metrics_base_url: str) -> dict[str, int]:
+    """{"transport app method result": Checks} from ext_authz_checks_total."""
+    text = httpx.get(f"{metrics_base_url}/metrics", timeout=5.0).text
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("ext_authz_checks_total{"):
+            labels, _, value = line.rpartition(" ")
+            got = dict(_LABEL.findall(labels))
+            key = " ".join(got.get(k, "?") for k in ("transport", "app", "method", "result"))
+            out[key] = out.get(key, 0) + int(float(value))
+    return out
+
+
+def http_checks(results: dict[str, int]) -> int:
+    """The Checks answered over HTTP forward auth, of a `check_results` reading."""
+    return sum(n for key, n in results.items() if key.startswith("http "))

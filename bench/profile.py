@@ -5,8 +5,9 @@ samples the authorizer process (ext-authz workers 1, or the allow-all floor): on
 as collapsed stacks (`--format raw`, summarised here into self and inclusive shares
 per function and per area) and, for the ext-authz scenarios, once more as a
 flamegraph SVG. The summary attributes the scenario's measured CPU per Check to
-areas by their sample shares, and subtracts the floor's, which shows where the time
-above the floor goes. py-spy sees Python threads only: time in gRPC's C core
+areas by their sample shares, and subtracts the floor's (for the HTTP forward-auth
+rows `http-*`, the HTTP floor's: the allow-all httptools server), which shows where
+the time above the floor goes. py-spy sees Python threads only: time in gRPC's C core
 threads without a Python frame is not in the samples (it is in the CPU figures).
 
 PROFILE.md is regenerated on every run; text after the line `<!-- notes -->` is
@@ -31,7 +32,10 @@ from bench.scenarios import BY_NAME
 from bench.world import World
 
 NOTES_MARK = "<!-- notes -->"
-SVG = ("session", "basic-app")  # flamegraphs for the two cached paths of issue 7
+_ROOT = str(Path(__file__).resolve().parents[1]) + "/"  # this checkout (main or a worktree)
+# Flamegraphs: the two cached paths of issue 7, and the cached session over HTTP (issue 10).
+SVG = ("session", "basic-app", "http-session")
+HTTP_FLOOR = "http-floor"
 # Native leaf frames that are waiting, not working (py-spy --native cannot tell idle).
 IDLE_NATIVE = ("epoll_wait", "epoll_pwait", "poll", "select")
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")
@@ -41,6 +45,8 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("ext_authz.adapters.redis_store", "ext_authz/adapters/redis"),
     ("ext_authz.adapters.envoy (protobuf <-> values)", "ext_authz/adapters/envoy"),
     ("ext_authz.adapters.grpc_servicer", "ext_authz/adapters/grpc_servicer"),
+    ("ext_authz.adapters.http_server (httptools protocol)", "ext_authz/adapters/http_server"),
+    ("ext_authz.adapters.forward_auth (dialects)", "ext_authz/adapters/forward_auth"),
     ("ext_authz.adapters (other)", "ext_authz/adapters/"),
     ("ext_authz.core", "ext_authz/core/"),
     ("ext_authz.service", "ext_authz/service.py"),
@@ -57,6 +63,7 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("asyncio event loop (incl. selectors/epoll)", "selectors.py"),
     ("logging", "logging/"),
     ("allow-all servicer", "tests/stack/allow_all"),
+    ("allow-all httptools server", "bench/http_servers"),
 )
 
 
@@ -68,6 +75,7 @@ OPAQUE = {"Handle._run": _OPAQUE_AREA, "Thread.run": _OPAQUE_AREA}
 
 NATIVE_AREAS: tuple[tuple[str, str], ...] = (
     ("libc (syscalls: write, sendmsg, futex, ...)", "libc.so"),
+    ("httptools / llhttp", "httptools"),
     ("grpc C core / cygrpc", "cygrpc"),
     ("protobuf upb", "_message"),
     ("CPython interpreter", "python3"),
@@ -125,7 +133,7 @@ def summarise(raw: str, native: bool = False) -> Summary:
 
 
 def _short(file: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+    for marker in ("site-packages/", _ROOT, "/work/main/", "lib/python3.11/"):
         if marker in file:
             return file.split(marker, 1)[1]
     return file
@@ -162,13 +170,18 @@ def _record(world: World, scenario: str, pid: int, out: Path, fmt: str, duration
 
 
 def profile(world: World, scenarios: Sequence[str], outdir: Path, duration: float,
-            threads: int, connections: int) -> dict[str, tuple[Summary, Summary]]:  # fmt: skip
-    """{scenario: (Python-level summary, native summary)}."""
+            threads: int, connections: int,
+            decisions: dict[str, dict[str, int]] | None = None,
+            ) -> dict[str, tuple[Summary, Summary]]:  # fmt: skip
+    """{scenario: (Python-level summary, native summary)}. `decisions` receives, per
+    scenario, what ext-authz decided while it was sampled (so a profile of a cached
+    path is known to be one)."""
     out: dict[str, tuple[Summary, Summary]] = {}
     for name in scenarios:
         tree = world.authz_tree(BY_NAME[name])
         if tree is None:
             continue
+        before = world.check_results(BY_NAME[name])
         raw = outdir / f"profile-{name}.txt"
         print(f"  profiling {name} ({duration:g} s) ...", flush=True)
         _record(world, name, tree.pid, raw, "raw", duration, threads, connections)
@@ -178,6 +191,10 @@ def profile(world: World, scenarios: Sequence[str], outdir: Path, duration: floa
             _record(world, name, tree.pid, outdir / f"profile-{name}.svg", "flamegraph",
                     duration, threads, connections)  # fmt: skip
         out[name] = (summarise(raw.read_text()), summarise(native.read_text(), native=True))
+        after = world.check_results(BY_NAME[name])
+        if decisions is not None and before is not None and after is not None:
+            decisions[name] = {k: n - before.get(k, 0) for k, n in after.items()
+                               if n - before.get(k, 0)}  # fmt: skip
     return out
 
 
@@ -230,8 +247,6 @@ def write_profile_md(path: Path, summaries: dict[str, tuple[Summary, Summary]],
     if path.exists() and NOTES_MARK in path.read_text():
         notes = path.read_text().split(NOTES_MARK, 1)[1]
     cpu = {r["scenario"]: r.get("cpu_us_per_check") for r in rows}
-    floor, floor_native = summaries.get("floor", (None, None))
-    floor_cpu = cpu.get("floor")
     lines = [
         "# Where the time goes (py-spy)",
         "",
@@ -252,13 +267,23 @@ def write_profile_md(path: Path, summaries: dict[str, tuple[Summary, Summary]],
         "",
     ]
     for name, (summary, native) in summaries.items():
-        if name == "floor":
+        if name in ("floor", HTTP_FLOOR):
             continue
+        base = _baseline(name, summaries)
+        floor, floor_native = summaries.get(base, (None, None))
+        floor_cpu = cpu.get(base)
         scpu = cpu.get(name)
-        lines += [f"## {name}: {scpu} µs/Check vs floor {floor_cpu} µs/Check", ""]
+        lines += [f"## {name}: {scpu} µs/Check vs {base} {floor_cpu} µs/Check", ""]
         if scpu and floor_cpu:
-            lines += [f"Above the floor: {scpu - floor_cpu:.0f} µs/Check "
+            lines += [f"Above {base}: {scpu - floor_cpu:.0f} µs/Check "
                       f"({scpu / floor_cpu:.2f}x).", ""]  # fmt: skip
+        decided = meta.get("profile_check_results", {}).get(name)
+        if decided:
+            lines += ["Decisions while sampled (transport app method result: Checks): "
+                      + ", ".join(f"`{k}`: {n}" for k, n in sorted(decided.items())), ""]
+            if any(not k.endswith(" allow") for k in decided):
+                lines += ["**Not every Check was allowed while sampled: this profile is "
+                          "not only of the path its row measured.**", ""]
         lines += ["### By area, Python level (self time)", ""]
         lines += _area_table(summary, scpu, floor, floor_cpu)
         lines += ["", "### By area, native (self time)", ""]
@@ -274,17 +299,29 @@ def write_profile_md(path: Path, summaries: dict[str, tuple[Summary, Summary]],
         lines += ["", f"### Top {top} native frames, self time", ""]
         lines += _func_table(native, top, floor_native)
         lines.append("")
-    if floor is not None and floor_native is not None:
-        lines += [f"## floor (allow-all servicer): {floor_cpu} µs/Check", "",
+    for base, title in (("floor", "allow-all servicer"),
+                        (HTTP_FLOOR, "allow-all httptools server behind http_service")):
+        if base not in summaries:
+            continue
+        floor, floor_native = summaries[base]
+        floor_cpu = cpu.get(base)
+        lines += [f"## {base} ({title}): {floor_cpu} µs/Check", "",
                   "### By area, Python level", ""]  # fmt: skip
         lines += _area_table(floor, floor_cpu, None, None)
         lines += ["", "### By area, native", ""]
         lines += _area_table(floor_native, floor_cpu, None, None)
+        lines += ["", f"### Top {top} functions, Python level, self time", ""]
+        lines += _func_table(floor, top)
         lines += ["", f"### Top {top} native frames, self time", ""]
         lines += _func_table(floor_native, top)
         lines.append("")
     lines += [NOTES_MARK, notes.strip("\n") or "", ""]
     path.write_text("\n".join(lines))
+
+
+def _baseline(name: str, summaries: dict[str, tuple[Summary, Summary]]) -> str:
+    """The floor a profiled row is read against: the HTTP floor for `http-*` rows."""
+    return HTTP_FLOOR if name.startswith("http-") and HTTP_FLOOR in summaries else "floor"
 
 
 def rebuild(outdir: Path) -> None:

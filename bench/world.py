@@ -2,10 +2,13 @@
 
 Started lazily from what the chosen scenarios need, with the tests.stack launchers:
 redis-server (private port, no persistence), the test IdP, the allow-all servicer
-(the floor), ext-authz instances (`w1`: workers 1; `w2`: workers 2; `nolocal`:
-workers 1 with store.local_cache_ttl 0; all on the same Redis and secret, so one
-session cookie is valid at each), and one Envoy (bench.envoy) with a listener per
-target. `stop()` stops everything it started, newest first.
+(the floor), the allow-all httptools server (the HTTP floor, bench.http_servers
+`httptools-asyncio`: the default loop, as ext-authz runs), ext-authz instances (`w1`:
+workers 1; `w2`: workers 2; `nolocal`: workers 1 with store.local_cache_ttl 0; all on
+the same Redis and secret, so one session cookie is valid at each; each also serves
+forward auth on `server.forward_auth_listen`), one Envoy (bench.envoy) with a listener
+per target, and for the nginx rows (bench.nginx) a tiny nginx upstream plus one nginx
+per nginx listener. `stop()` stops everything it started, newest first.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.envoy import BenchEnvoy, Listener
-from bench.measure import ProcessTree
+from bench import nginx as bench_nginx
+from bench.envoy import FORWARD_AUTH_PING, BenchEnvoy, Listener
+from bench.measure import ProcessTree, check_results, http_checks
 from bench.scenarios import Scenario
 from tests.stack.allow_all import AllowAllServer
 from tests.stack.demo import (
@@ -34,10 +39,17 @@ from tests.stack.demo import (
 )
 from tests.stack.extauthz import ExtAuthz
 from tests.stack.idp import IdP
-from tests.stack.proc import free_port
+from tests.stack.nginx import Nginx
+from tests.stack.proc import ManagedProcess, free_port
 from tests.stack.redis import RedisServer
 
 USER = ALICE  # every credential of the benchmark is alice's
+HTTP_FLOOR_KIND = "httptools-asyncio"  # bench.http_servers: the server ext-authz uses, its loop
+# The IdP's access-token lifetime here. A session made from a credential ends with the
+# credential's token (SPEC §5): with the test IdP's default (300 s) the one session
+# cookie of a run, and the minted JWT, expired before a full run (about 9 minutes)
+# was over, and the last rows and the profiles measured sign-ins being throttled.
+TOKEN_TTL = 3600
 
 
 def _basic(username: str, password: str) -> str:
@@ -59,7 +71,10 @@ class World:
         self.envoy_concurrency = envoy_concurrency
         self.log_level = log_level
         self.listeners_needed = {s.listener for s in scenarios}
+        self.nginx_needed = {s.listener for s in scenarios if s.proxy == "nginx"}
         self.authz_needed = {s.authz for s in scenarios if s.authz}
+        # Which ext-authz instance each nginx listener asks (nginx-plain: none).
+        self.nginx_authz = {s.listener: s.authz for s in scenarios if s.proxy == "nginx"}
         if any(s.credential == "cookie" for s in scenarios):
             # The session cookie is made by a Basic request through w1 (app).
             self.listeners_needed.add("w1")
@@ -71,8 +86,12 @@ class World:
         self.redis: RedisServer | None = None
         self.idp: IdP | None = None
         self.allow_all: AllowAllServer | None = None
+        self.allow_all_http: ManagedProcess | None = None
+        self.allow_all_http_port = free_port()
         self.instances: dict[str, ExtAuthz] = {}
         self.envoy: BenchEnvoy | None = None
+        self.nginx_upstream: bench_nginx.UpstreamNginx | None = None
+        self.nginx: dict[str, Nginx] = {}
         self._started: list[Any] = []
         self._creds: dict[str, str] = {}
 
@@ -87,21 +106,59 @@ class World:
         return self
 
     def _start(self) -> None:
-        ext_authz_needed = self.authz_needed - {"allow_all"}
+        ext_authz_needed = self.authz_needed - {"allow_all", "allow_all_http"}
         if ext_authz_needed:
             self.redis = self._keep(RedisServer(self.workdir, name="bench-redis").start())
         if self.idp_needed:
-            self.idp = self._keep(build_idp(self.workdir, [self.ports["w1"]]).start())
+            idp = build_idp(self.workdir, [self.ports["w1"]])
+            idp.access_token_ttl = TOKEN_TTL
+            self.idp = self._keep(idp.start())
         if "allow_all" in self.authz_needed:
             floor = AllowAllServer(self.workdir, name="bench-allow-all")
             self.allow_all = self._keep(floor.start())
+        if "allow_all_http" in self.authz_needed:
+            self.allow_all_http = self._keep(self._start_http_floor())
         for name in sorted(ext_authz_needed):
             instance = ExtAuthz(self._config(name), self.workdir, name=f"bench-ext-authz-{name}")
             self.instances[name] = self._keep(instance.start(60.0))
-        listeners = [self._listener(name) for name in sorted(self.listeners_needed)]
+        listeners = [self._listener(name)
+                     for name in sorted(self.listeners_needed - self.nginx_needed)]  # fmt: skip
         self.envoy = self._keep(
             BenchEnvoy(listeners, self.workdir, concurrency=self.envoy_concurrency).start()
         )
+        if self.nginx_needed:
+            upstream = bench_nginx.UpstreamNginx(self.workdir)
+            self.nginx_upstream = self._keep(upstream.start())
+            for name in sorted(self.nginx_needed):
+                self.nginx[name] = self._keep(self._nginx(name).start())
+
+    def _start_http_floor(self) -> ManagedProcess:
+        port = self.allow_all_http_port
+        proc = ManagedProcess(
+            "bench-allow-all-http",
+            [sys.executable, "-m", "bench.http_servers", HTTP_FLOOR_KIND, "--port", str(port)],
+            self.workdir / "bench-allow-all-http.log",
+        )  # fmt: skip
+
+        def serving() -> bool:
+            url = f"http://127.0.0.1:{port}{FORWARD_AUTH_PING}"
+            return httpx.get(url, timeout=1.0).status_code == 200
+
+        proc.start(serving, 30.0, f"allow-all httptools serving on {port}")
+        return proc
+
+    def _nginx(self, name: str) -> Nginx:
+        assert self.nginx_upstream is not None
+        port, upstream = self.ports[name], self.nginx_upstream.address
+        authz = self.nginx_authz.get(name)
+        if authz is None:
+            return bench_nginx.plain(upstream=upstream, workdir=self.workdir, listen_port=port,
+                                     name=f"bench-{name}")  # fmt: skip
+        # nginx-w1: the shipped config; nginx-w1-keepalive: the diagnostic variant.
+        make = bench_nginx.keepalive if name.endswith("-keepalive") else bench_nginx.shipped
+        return make(upstream=upstream, listen_port=port, workdir=self.workdir,
+                    ext_authz=self.instances[authz].forward_auth_address,
+                    name=f"bench-{name}")  # fmt: skip
 
     def _keep(self, part: Any) -> Any:
         self._started.append(part)
@@ -136,7 +193,11 @@ class World:
                     "client_secret": OIDC_CLIENT_SECRET,
                     "client_auth": "client_secret_post",
                 },
-                "receive": {"create_session": False, "negative_cache_ttl": 0},
+                # No guessing limit (SPEC §5): the `miss` row sends a wrong password
+                # per request to measure a verification at the IdP each time; with the
+                # limit, after 10 it measured the 429 of a throttled client instead.
+                "receive": {"create_session": False, "negative_cache_ttl": 0,
+                            "throttle": {"failures": 0}},
             }
         overrides: dict[str, Any] = {
             "server": {"workers": 2 if name == "w2" else 1},
@@ -155,6 +216,12 @@ class World:
             return Listener(name, "ext_authz", port, grpc_ports=(self.allow_all.port,))
         if name in self.instances:
             return Listener(name, "ext_authz", port, grpc_ports=(self.instances[name].port,))
+        if name == "http-floor":
+            return Listener(name, "forward_auth", port, http_ports=(self.allow_all_http_port,))
+        if name.endswith("-http") and name.removesuffix("-http") in self.instances:
+            instance = self.instances[name.removesuffix("-http")]
+            assert instance.forward_auth_port is not None
+            return Listener(name, "forward_auth", port, http_ports=(instance.forward_auth_port,))
         if name == "jwt":
             assert self.idp is not None
             jwks = httpx.get(self.idp.jwks_uri, timeout=5.0).text
@@ -225,6 +292,9 @@ class World:
         if scenario.authz == "allow_all":
             assert self.allow_all is not None and self.allow_all.process.pid is not None
             return ProcessTree(self.allow_all.process.pid)
+        if scenario.authz == "allow_all_http":
+            assert self.allow_all_http is not None and self.allow_all_http.pid is not None
+            return ProcessTree(self.allow_all_http.pid)
         pid = self.instances[scenario.authz].process.pid
         assert pid is not None
         return ProcessTree(pid)
@@ -232,3 +302,36 @@ class World:
     def envoy_tree(self) -> ProcessTree:
         assert self.envoy is not None and self.envoy.pid is not None
         return ProcessTree(self.envoy.pid)
+
+    def proxy_tree(self, scenario: Scenario) -> ProcessTree:
+        """The proxy wrk talks to: Envoy, or the scenario's nginx (master and worker)."""
+        if scenario.proxy == "nginx":
+            pid = self.nginx[scenario.listener].process.pid
+            assert pid is not None
+            return ProcessTree(pid)
+        return self.envoy_tree()
+
+    def upstream_tree(self, scenario: Scenario) -> ProcessTree | None:
+        """The application behind the proxy, when it is a process (nginx rows)."""
+        if scenario.proxy == "nginx":
+            assert self.nginx_upstream is not None and self.nginx_upstream.pid is not None
+            return ProcessTree(self.nginx_upstream.pid)
+        return None
+
+    def check_results(self, scenario: Scenario) -> dict[str, int] | None:
+        """The scenario's ext-authz instance's decisions so far, by transport, app,
+        method and result (None for the floors and Envoy-only rows)."""
+        instance = self.instances.get(scenario.authz or "")
+        if instance is None or instance.http_url is None:
+            return None
+        return check_results(instance.http_url)
+
+    def checks(self, scenario: Scenario, results: dict[str, int] | None = None) -> int:
+        """Decisions so far for the scenario's listener: Envoy's ext_authz counters, or
+        (nginx, which counts no subrequests) the ext-authz instance's own HTTP Checks
+        (from `results`, a `check_results` reading, when given)."""
+        if scenario.proxy == "nginx":
+            return http_checks(results if results is not None else
+                               self.check_results(scenario) or {})  # fmt: skip
+        assert self.envoy is not None
+        return self.envoy.checks(scenario.listener)
