@@ -3,16 +3,12 @@ the tiny upstream both proxy to.
 
 - `shipped`: deploy/nginx/nginx.conf.tmpl as tests.stack.nginx renders it (authentik's
   snippet: `auth_request /outpost.goauthentik.io/auth/nginx`, the outpost location
-  proxied to ext-authz's forward-auth port), unchanged.
+  proxied to ext-authz's forward-auth port on kept-alive HTTP/1.1 connections),
+  unchanged.
 - `plain`: the same file with the authorization lines of `location /` taken out
   (`auth_request`, `error_page 401`, `auth_request_set`, `add_header Set-Cookie` and the
   `proxy_set_header` lines that copy the answer), so `nginx-plain` differs from
   `nginx-session` by the subrequest alone: same access log, buffers and proxying.
-- `keepalive`: not shipped, a diagnostic: the shipped file with the outpost location's
-  `proxy_pass` going through an `upstream` block with `keepalive` (and HTTP/1.1,
-  `Connection ""`). As shipped, nginx speaks HTTP/1.0 to ext-authz and opens a new
-  connection for every auth subrequest (and for every request to the application);
-  this variant shows what that costs.
 - `UpstreamNginx`: the application, a second nginx answering every request with
   `return 200 "ok\\n"` (access log off). The cheapest upstream there is here short of
   nginx answering itself, which `auth_request` cannot guard (`return` runs in the
@@ -76,29 +72,6 @@ def plain(*, upstream: str, workdir: Path, listen_port: int, name: str) -> Nginx
     template = Path(workdir) / "nginx-plain.conf.tmpl"
     template.write_text(plain_template(BROWSER_TEMPLATE.read_text()))
     return Nginx(upstream=upstream, ext_authz="127.0.0.1:9", workdir=workdir,
-                 listen_port=listen_port, template=template, name=name)  # fmt: skip
-
-
-_PROXY_PASS = "proxy_pass              http://${ext_authz}/outpost.goauthentik.io;"
-
-
-def keepalive_template(text: str) -> str:
-    """The shipped template, its subrequests to ext-authz on kept-alive connections."""
-    if text.count(_PROXY_PASS) != 1 or text.count("\n    server {") != 1:
-        raise ValueError("nginx.conf.tmpl no longer looks as bench.nginx expects")
-    text = text.replace("\n    server {", "\n    upstream ext_authz_keepalive {\n"
-                        "        server ${ext_authz};\n        keepalive 16;\n    }\n\n"
-                        "    server {")  # fmt: skip
-    return text.replace(_PROXY_PASS, "proxy_pass http://ext_authz_keepalive/outpost.goauthentik.io;"
-                        "\n            proxy_http_version 1.1;"
-                        '\n            proxy_set_header Connection "";')  # fmt: skip
-
-
-def keepalive(*, upstream: str, ext_authz: str, workdir: Path, listen_port: int,
-              name: str) -> Nginx:  # fmt: skip
-    template = Path(workdir) / "nginx-keepalive.conf.tmpl"
-    template.write_text(keepalive_template(BROWSER_TEMPLATE.read_text()))
-    return Nginx(upstream=upstream, ext_authz=ext_authz, workdir=workdir,
                  listen_port=listen_port, template=template, name=name)  # fmt: skip
 
 

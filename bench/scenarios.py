@@ -95,11 +95,6 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("nginx-session", "nginx auth_request (deploy/nginx/nginx.conf.tmpl): cached "
              "session cookie (app)", "nginx-w1", "w1", credential="cookie", proxy="nginx",
              transport="http"),
-    # Not a shipped config: the same with the subrequests on kept-alive connections.
-    Scenario("nginx-session-keepalive", "nginx auth_request, as nginx-session but "
-             "subrequests kept alive (upstream keepalive 16, HTTP/1.1): diagnostic",
-             "nginx-w1-keepalive", "w1", credential="cookie", proxy="nginx",
-             transport="http"),
 )  # fmt: skip
 
 BY_NAME = {s.name: s for s in SCENARIOS}

@@ -154,9 +154,7 @@ class World:
         if authz is None:
             return bench_nginx.plain(upstream=upstream, workdir=self.workdir, listen_port=port,
                                      name=f"bench-{name}")  # fmt: skip
-        # nginx-w1: the shipped config; nginx-w1-keepalive: the diagnostic variant.
-        make = bench_nginx.keepalive if name.endswith("-keepalive") else bench_nginx.shipped
-        return make(upstream=upstream, listen_port=port, workdir=self.workdir,
+        return bench_nginx.shipped(upstream=upstream, listen_port=port, workdir=self.workdir,
                     ext_authz=self.instances[authz].forward_auth_address,
                     name=f"bench-{name}")  # fmt: skip
 

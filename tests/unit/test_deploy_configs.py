@@ -558,13 +558,17 @@ def test_nginx_copies_every_upstream_header(template: Path) -> None:
 def test_nginx_outpost_location_sets_what_ext_authz_believes(template: Path) -> None:
     text = rendered_nginx(template)
     outpost = nginx_block(text, "location /outpost.goauthentik.io")
-    assert nginx_directives(outpost, "proxy_pass") == [
-        ["http://127.0.0.1:9400/outpost.goauthentik.io"]
-    ]
+    # Through the kept-alive upstream block that names ext-authz's forward-auth port.
+    assert nginx_directives(outpost, "proxy_pass") == [["http://ext_authz/outpost.goauthentik.io"]]
+    upstream = nginx_block(text, "upstream ext_authz")
+    assert nginx_directives(upstream, "server") == [["127.0.0.1:9400"]]
+    assert nginx_directives(upstream, "keepalive") == [["16"]]
+    assert nginx_directives(outpost, "proxy_http_version") == [["1.1"]]
     sets = {
         args[0].lower(): " ".join(args[1:])
         for args in nginx_directives(outpost, "proxy_set_header")
     }
+    assert sets["connection"] == '""'  # keep-alive: no "close" from the client
     assert sets["x-original-url"] == "$scheme://$ak_http_host$request_uri"
     assert sets["x-original-method"] == "$request_method"
     # Set here, never passed through from the client (ext-authz trusts this proxy).
