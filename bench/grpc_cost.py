@@ -9,9 +9,13 @@ child's CPU (from /proc) is divided by the calls. Four servicers tell the parts 
 - work-empty: does all our work for the cached session, answers an empty OK;
 - ours:       the real servicer.
 
+- ours-twice: the real servicer's work twice per Check, answering the second.
+
 canned ~ floor means the response size costs nothing; work-empty ~ ours means the
 cost is our work as it runs inside the server, however small it is in a tight loop
-(`python -m bench.micro`).
+(`python -m bench.micro`). ours-twice - ours is what the same work costs when it runs
+again at once (warm): on these VMs the first pass of a Check costs several times its
+tight-loop cost and the second almost nothing (bench/README.md, "Server shapes").
 
 Server shapes (`--shapes`, issue 13): `aio` (grpc.aio on asyncio's loop, what
 ext-authz runs), `aio-uvloop` (grpc.aio on uvloop), `sync` (grpcio's thread-pool
@@ -35,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-MODES = ("floor", "canned", "work-empty", "ours")
+MODES = ("floor", "canned", "work-empty", "ours", "ours-twice")
 SHAPES = ("aio", "aio-uvloop", "sync")
 
 
@@ -83,6 +87,8 @@ async def _serve_aio(mode: str, port: int, cookie_file: Path) -> None:
             if mode == "canned":
                 return canned
             answer = await ours.Check(message, context)
+            if mode == "ours-twice":
+                answer = await ours.Check(message, context)
             return empty if mode == "work-empty" else answer
 
     server = grpc.aio.server()
