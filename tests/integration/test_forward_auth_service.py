@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from ext_authz.core.cookies import cookie_name_for
-from tests.stack.demo import ALICE, OIDC_CLIENT_ID, ext_authz_config, merge_config
+from tests.stack.demo import ALICE, BOB, OIDC_CLIENT_ID, ext_authz_config, merge_config
 from tests.stack.extauthz import ExtAuthz
 from tests.stack.idp import IdP
 from tests.stack.proc import free_port, port_open, wait_until
@@ -66,21 +66,23 @@ def client(service: ExtAuthz) -> Iterator[httpx.Client]:
 
 
 def test_traefik_allows_a_valid_app_password_with_identity_headers(client: httpx.Client) -> None:
+    # Bob's credential is this test's alone in the module: a session is made once per
+    # verification, so the Set-Cookie below needs a credential no other test verified.
     response = client.get(
         f"{OUTPOST}/auth/traefik",
         headers=traefik(
             "whoami.localhost",
             "/private?x=1",
-            Authorization=ALICE_BASIC,
+            Authorization=basic(BOB.username, BOB.app_password),
             **{"X-authentik-username": "root", "Cookie": "theme=dark"},
         ),
     )
     assert response.status_code == 200, response.text
     assert response.content == b""
-    assert response.headers["x-authentik-username"] == ALICE.username
-    assert response.headers["x-authentik-email"] == ALICE.email
-    assert response.headers["x-authentik-name"] == ALICE.name
-    assert response.headers["x-authentik-groups"] == "admins"
+    assert response.headers["x-authentik-username"] == BOB.username
+    assert response.headers["x-authentik-email"] == BOB.email
+    assert response.headers["x-authentik-name"] == BOB.name
+    assert response.headers["x-authentik-groups"] == "devs"
     assert response.headers["x-authentik-meta-app"] == "whoami"
     # The consumed Authorization is not handed back for Traefik to copy upstream;
     # the client's other cookies are.
