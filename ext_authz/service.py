@@ -185,10 +185,6 @@ class CheckService:
             result, method = decision.reason, decision.method or "-"
         self._metrics.count_check(app, result, method, transport)
         self._metrics.check_latency.observe(spent)
-        if isinstance(decision, Allow) and (
-            decision.dropped_headers or decision.undeclared_headers
-        ):
-            self._log_part(request, app, decision.dropped_headers, decision.undeclared_headers)
 
     def _log_part(
         self, request: AuthRequest, app: str, dropped: Sequence[str], undeclared: Sequence[str]

@@ -45,8 +45,8 @@ class Allow:
     `response_headers` go to the client (Set-Cookie). `method` names how the request
     was authenticated ("session", "basic", "bearer") or why it passed ("skip").
     `create_session` asks the service to create a session and add its cookie.
-    `dropped_headers` (unsafe values) and `undeclared_headers` (additionalHeaders
-    names the application does not declare) name what was left out, for one log line.
+    `identity_part` names what the identity's headers left out (`dropped`: unsafe
+    values; `undeclared`: additionalHeaders names the application does not declare).
     """
 
     method: str
@@ -55,8 +55,6 @@ class Allow:
     remove_headers: tuple[str, ...] = ()
     response_headers: Headers = ()
     create_session: bool = False
-    dropped_headers: tuple[str, ...] = ()
-    undeclared_headers: tuple[str, ...] = ()
     # The identity part whose headers open `set_headers` (None without an identity).
     identity_part: IdentityPart | None = field(default=None, compare=False, repr=False)
 

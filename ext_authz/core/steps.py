@@ -99,8 +99,7 @@ class Facts:
     # The request's Cookie header as the caller already split it (None: split here).
     cookies: CookieHeader | None = None
     # The allowed identity's `identity_part` for this application when the caller
-    # keeps one with a cached session or credential (None: computed here, and its
-    # dropped/undeclared names are reported in the Allow, to be logged once).
+    # keeps one with a cached session or credential (None: computed here).
     part: IdentityPart | None = None
 
 
@@ -307,13 +306,7 @@ def _allow(
     `set_headers` begins with the identity part's headers (a transport adapter may
     render that prefix once per part), then the rewritten cookie."""
     request, app = facts.request, facts.app
-    fresh = False
-    if identity is None:
-        part = NO_IDENTITY
-    elif facts.part is not None:
-        part = facts.part
-    else:
-        part, fresh = identity_part(identity, app), True
+    part = NO_IDENTITY if identity is None else facts.part or identity_part(identity, app)
     headers = request.headers
     set_headers = list(part.headers)
     # Headers we overwrite need no removal (Envoy overwrites them with append=false);
@@ -349,7 +342,5 @@ def _allow(
         remove_headers=tuple(dict.fromkeys(remove)) if len(remove) > 1 else tuple(remove),
         response_headers=response,
         create_session=create_session,
-        dropped_headers=part.dropped if fresh else (),  # logged once, not per request
-        undeclared_headers=part.undeclared if fresh else (),
         identity_part=part if identity is not None else None,
     )

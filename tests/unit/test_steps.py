@@ -475,7 +475,8 @@ def test_unsafe_identity_values_are_dropped_and_reported() -> None:
     evil = Identity(sub="u1", preferred_username="alice", name="A\r\nX-Admin: 1")
     decision = run(req(headers={"x-authentik-name": "forged"}), session=evil)
     assert isinstance(decision, Allow)
-    assert decision.dropped_headers == ("X-authentik-name",)
+    assert decision.identity_part is not None
+    assert decision.identity_part.dropped == ("X-authentik-name",)
     assert "X-authentik-name" not in dict(decision.set_headers)
     assert "x-authentik-name" in decision.remove_headers  # the client's copy goes too
 
@@ -548,7 +549,8 @@ def test_undeclared_additional_headers_are_not_sent_and_reported() -> None:
     assert "X-Floor" not in dict(decision.set_headers)
     assert "x_authentik_username" not in dict(decision.set_headers)
     assert dict(decision.set_headers)["X-authentik-username"] == "carol"
-    assert decision.undeclared_headers == ("X-Floor", "x_authentik_username")
+    assert decision.identity_part is not None
+    assert decision.identity_part.undeclared == ("X-Floor", "x_authentik_username")
     # Undeclared names are not ours to police: a client's own X-Floor passes.
     assert "x-floor" not in decision.remove_headers
 
@@ -558,7 +560,8 @@ def test_nothing_declared_sends_no_additional_header() -> None:
     assert isinstance(decision, Allow)
     assert "X-Team" not in dict(decision.set_headers)
     assert "x-team" not in decision.remove_headers  # not declared: not ours to police
-    assert decision.undeclared_headers == ("X-Team",)
+    assert decision.identity_part is not None
+    assert decision.identity_part.undeclared == ("X-Team",)
 
 
 @pytest.mark.parametrize(
