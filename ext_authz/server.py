@@ -31,7 +31,6 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
@@ -39,7 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ext_authz._proto import AUTHORIZATION_SERVICE_NAME
 from ext_authz.adapters.forward_auth import ForwardAuth, TrustedProxies
-from ext_authz.adapters.grpc_servicer import CheckNow, CheckServicer, add_check_service
+from ext_authz.adapters.grpc_servicer import CheckLater, CheckNow, CheckServicer, add_check_service
 from ext_authz.adapters.http_server import Handler, HttpServer, split_listen
 from ext_authz.logs import configure_logging, event
 from ext_authz.metrics import Metrics
@@ -47,13 +46,10 @@ from ext_authz.operations import OperationsHandler
 
 if TYPE_CHECKING:
     from ext_authz.config import Settings
-    from ext_authz.core.decision import Allow, Deny
-    from ext_authz.core.model import AuthRequest
 
 __all__ = ["serve"]
 
 EXIT_BIND_FAILED = 3
-Check = Callable[["AuthRequest"], Awaitable["Allow | Deny"]]
 
 
 def serve(settings: Settings) -> int:
@@ -91,7 +87,7 @@ class GrpcListener:
     name = "grpc"
 
     def __init__(
-        self, listen: str, check: Check, check_now: CheckNow | None = None, *, reuse_port: bool
+        self, listen: str, check: CheckLater, check_now: CheckNow | None = None, *, reuse_port: bool
     ) -> None:
         self._listen = listen
         self._server = grpc.aio.server(
