@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
-APT_PACKAGES := chromium chromium-driver wrk nghttp2-client nginx-light caddy
+APT_PACKAGES := chromium chromium-driver wrk nghttp2-client nginx-light caddy gdb
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv npm apt run test unit lint typecheck protos bench clean

@@ -10,7 +10,7 @@
 // Never prints passwords or tokens.
 
 import { createHash, generateKeyPairSync, randomBytes, timingSafeEqual } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, unlinkSync } from 'node:fs';
 import * as querystring from 'node:querystring';
 
 import { SignJWT } from 'jose';
@@ -138,6 +138,17 @@ function matchesAny(candidates, presented) {
   let ok = false;
   for (const c of candidates) ok = safeEqual(c, presented) || ok;
   return ok;
+}
+
+// ---------------------------------------------------------------------------------------
+// A start that hangs, for the test of tests.stack.idp's start: while the file named by
+// config.hang_once_file exists, a start deletes it and blocks its only thread for good,
+// as the two hangs seen in full-suite runs did (after the runtime warning, before the
+// SIGTERM handler below is installed).
+
+if (config.hang_once_file && existsSync(config.hang_once_file)) {
+  unlinkSync(config.hang_once_file);
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
 }
 
 // ---------------------------------------------------------------------------------------

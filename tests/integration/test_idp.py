@@ -22,7 +22,8 @@ import jwt
 import pytest
 
 from tests.integration.idp_world import ALICE, EXPECTED_ATTRIBUTES, GROUPS, HS_CLIENT
-from tests.stack.idp import IdP, IdPClient, IdPError
+from tests.stack.idp import IdP, IdPClient, IdPError, IdPStartHung
+from tests.stack.proc import START_BOUND
 
 pytestmark = pytest.mark.integration
 
@@ -439,3 +440,45 @@ def test_restart_keeps_issuer(idp: IdP) -> None:
     assert httpx.post(idp.introspection_endpoint, data={"token": token, **auth}).json() == {
         "active": False
     }
+
+
+def test_a_start_that_hangs_is_recorded_and_tried_again(tmp_path: Path) -> None:
+    # The first start deletes the file and hangs for good, so the short first bound only
+    # bounds a wait for something that never comes; the second start has the full one.
+    hang_once = tmp_path / "hang-once"
+    hang_once.touch()
+    server = IdP(
+        clients=[POST_CLIENT],
+        users=[ALICE],
+        groups=GROUPS,
+        workdir=tmp_path,
+        start_bounds=(1.0, START_BOUND),
+        hang_once_file=hang_once,
+    )
+    with pytest.warns(IdPStartHung, match="hung at start") as warned, server:
+        assert httpx.get(server.discovery_url).json()["issuer"] == server.issuer
+    assert not hang_once.exists()
+    log = server.log_path.read_text()
+    assert log.count("=== start idp") == 2
+    assert "missed its deadline; it was doing:" in log
+    # The hung process's state and its main thread's native stack, from /proc and gdb.
+    report = str(warned[0].message)
+    assert re.search(r"^state: [A-Z]", report, re.M)
+    assert re.search(r"^Thread 1 .*\n#0 ", report, re.M)
+
+
+def test_a_start_that_always_hangs_fails_with_what_it_was_doing(tmp_path: Path) -> None:
+    hang_once = tmp_path / "hang-once"
+    hang_once.touch()
+    server = IdP(
+        clients=[POST_CLIENT],
+        users=[ALICE],
+        groups=GROUPS,
+        workdir=tmp_path,
+        start_bounds=(1.0,),
+        hang_once_file=hang_once,
+    )
+    with pytest.raises(IdPError, match=r"(?ms)hung at start 1 times.*^state: ") as failed:
+        server.start()
+    assert not server.alive()
+    assert "Thread 1 " in str(failed.value)

@@ -15,6 +15,7 @@ import atexit
 import contextlib
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,9 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 # How long a server of the test world may take to become ready. It bounds a failure
-# only (a passing start goes on at the ready signal): a busy machine, or one whose disk
-# other jobs keep busy, once needed more than 20 s to start the Node IdP that usually
-# starts in half a second.
+# only (a passing start goes on at the ready signal). The Node IdP, which starts in half
+# a second even with both cores busy, twice stayed silent for the whole bound (20 s,
+# then 60 s) with its SIGTERM handler not yet installed: a hang, not a slow start. A
+# process that misses its bound while alive raises `StartHung` carrying `stuck()`.
 START_BOUND = 60.0
 
 _LIVE: dict[int, ManagedProcess] = {}
@@ -40,6 +42,11 @@ _LIVE_LOCK = threading.Lock()
 
 class ProcessDied(RuntimeError):
     """A managed process exited (or never became ready); the message has its log tail."""
+
+
+class StartHung(TimeoutError):
+    """A managed process is alive but missed its deadline; the message says what it was
+    doing (`ManagedProcess.stuck`)."""
 
 
 def free_port() -> int:
@@ -111,10 +118,13 @@ def wait_until(
         except Exception:  # a failing probe only means "not ready yet"
             pass
         if time.monotonic() >= deadline:
-            tail = ""
-            if process is not None:
-                tail = f"\n--- {process.log_path} (last lines) ---\n{process.tail(60)}"
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}{tail}")
+            message = f"timed out after {timeout:g}s waiting for {what}"
+            if process is None:
+                raise TimeoutError(message)
+            raise StartHung(
+                f"{message}\n--- {process.log_path} (last lines) ---\n{process.tail(60)}"
+                f"\n--- what {process.name} was doing ---\n{process.stuck()}"
+            )
         time.sleep(interval)
 
 
@@ -243,6 +253,46 @@ class ManagedProcess:
 
     def alive(self) -> bool:
         return self._popen is not None and self._popen.poll() is None
+
+    def stuck(self) -> str:
+        """What a live process is doing, for a missed deadline: its scheduler state, CPU
+        time and kernel wait channel from /proc and, with gdb on PATH, every thread's
+        native stack. Also appended to its log, which outlives the test's report."""
+        pid = self.pid
+        if pid is None or not self.alive():
+            return f"{self.name} is not running"
+        lines: list[str] = []
+        proc = Path(f"/proc/{pid}")
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            status = dict(line.split(":", 1) for line in (proc / "status").read_text().splitlines())
+            lines.append(f"state: {status['State'].strip()}")
+            # Fields after the command name, which may hold spaces: utime, stime are 14, 15.
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            ticks = os.sysconf("SC_CLK_TCK")
+            user, system = int(fields[11]) / ticks, int(fields[12]) / ticks
+            lines.append(f"cpu: {user:.2f}s user, {system:.2f}s system")
+            lines.append(f"wchan: {(proc / 'wchan').read_text().strip() or '-'}")
+        gdb = shutil.which("gdb")
+        if gdb is None:
+            lines.append("(no gdb on PATH: no native stacks)")
+        else:
+            try:
+                out = subprocess.run(
+                    [gdb, "-p", str(pid), "-batch", "-nx", "-ex", "thread apply all bt 40"],
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+                stacks = [ln for ln in out.stdout.splitlines() if ln.startswith(("Thread", "#"))]
+                lines.extend(stacks or [f"gdb printed no stack: {out.stderr.strip()[-500:]}"])
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                lines.append(f"gdb failed: {exc!r}")
+        text = "\n".join(lines)
+        with contextlib.suppress(OSError), open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(f"=== {self.name} (pid {pid}) missed its deadline; it was doing:\n{text}\n")
+        return text
 
     @property
     def pid(self) -> int | None:
