@@ -19,6 +19,11 @@ replica, ...) becomes `StoreUnavailable`; no redis-py exception escapes. Nothing
 needs restarting after Redis comes back: connections are re-made on demand, and the
 invalidation listener re-subscribes with backoff.
 
+Cluster: redis-py's Cluster client also retries once on a timeout, after re-learning
+the topology, so a command whose reply was lost in a fault may run twice (a count
+counted twice). The store has it learn the topology before a command, never inside
+one, so that this cannot happen when nothing failed.
+
 Invalidations travel on the channel `{prefix}invalidate` as a JSON list of keys.
 Messages sent while a listener is disconnected are lost; the local cache's TTL bounds
 the staleness that can cause (SPEC §8).
@@ -179,6 +184,15 @@ class RedisStore:
     async def _run(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         try:
             async with asyncio.timeout(self._deadline):
+                if isinstance(self._client, RedisCluster):
+                    # Learn the topology before the command, not inside it: redis-py
+                    # resolves a command's routing on the startup nodes before it
+                    # initializes, so concurrent first commands of a new client raced
+                    # that initialization, lost their connections and were retried,
+                    # after some had run (a count counted twice). Once initialized,
+                    # this returns at once; after a fault, it re-learns under
+                    # redis-py's own lock.
+                    await self._client.initialize()
                 return await op()
         except _FAULTS as exc:
             # The message names the operation and the error class only: never a key
