@@ -158,7 +158,7 @@ class IdP:
     def start(self) -> IdP:
         """Start the IdP and wait for it to answer discovery.
 
-        A start that hangs (alive and silent for its whole bound: seen twice in a few
+        A start that hangs (alive and silent for its whole bound: seen twice in about a
         thousand starts, in full-suite runs, never on purpose) is recorded, with what
         the process was doing, in its log and as a pytest warning, and tried again on
         the same port, once per further entry of `start_bounds`. A start that crashes,
@@ -188,7 +188,7 @@ class IdP:
                     ),
                     stacklevel=2,
                 )
-            except BaseException as exc:
+            except Exception as exc:
                 raise IdPError(f"the IdP did not start: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
