@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e.signin import sign_in
 from tests.stack.demo import ALICE, BOB, BOB_STATIC_TOKEN, CAROL, OIDC_CLIENT_ID, Stack
-from tests.stack.proc import ROOT, free_port, wait_until
+from tests.stack.proc import ROOT, free_port, reserve_ports, wait_until
 from tests.stack.redis import RedisServer
 from tests.support import basic, scrape, total
 
@@ -183,7 +183,9 @@ def test_logs_are_json_and_never_carry_secrets(make_stack: Any) -> None:
 
 def test_make_run_orchestration(tmp_path: Path) -> None:
     """`make run` is `python -m tests.stack`: bring it up on free ports and use it."""
-    port, admin = free_port(), free_port()
+    # Every listener's port given and checked free: `--port + 1` and `+ 2` (make run's
+    # defaults for nginx and Caddy) were once taken by another socket.
+    port, admin, nginx_port, caddy_port = reserve_ports(4)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [
@@ -194,6 +196,10 @@ def test_make_run_orchestration(tmp_path: Path) -> None:
             str(port),
             "--admin-port",
             str(admin),
+            "--nginx-port",
+            str(nginx_port),
+            "--caddy-port",
+            str(caddy_port),
             "--workdir",
             str(tmp_path),
         ],
@@ -234,6 +240,14 @@ def test_make_run_orchestration(tmp_path: Path) -> None:
                 headers={"Authorization": basic(ALICE.username, ALICE.app_password)},
             )
             assert app.status_code == 200
+            # The same decision through nginx and Caddy, on the ports given.
+            for front_port, host in ((nginx_port, "app-nginx"), (caddy_port, "app-caddy")):
+                fronted = client.get(
+                    f"http://{host}.localhost:{front_port}/",
+                    headers={"Authorization": basic(ALICE.username, ALICE.app_password)},
+                )
+                assert fronted.status_code == 200, (host, fronted.status_code, fronted.text)
+                assert json.loads(fronted.text)["headers"]["x-authentik-username"] == ["alice"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

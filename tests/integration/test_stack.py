@@ -7,6 +7,7 @@ the servicer over gRPC, and that Envoy fails closed (503, never 200) without it.
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,16 @@ from tests.stack.allow_all import AllowAllServer
 from tests.stack.demo import ALICE
 from tests.stack.echo import EchoServer
 from tests.stack.envoy import Envoy, render_config
-from tests.stack.proc import ManagedProcess, ProcessDied, free_port, live_processes
+from tests.stack.proc import (
+    CLUSTER_BUS_OFFSET,
+    EPHEMERAL_START,
+    SERVER_PORTS,
+    ManagedProcess,
+    ProcessDied,
+    free_port,
+    live_processes,
+    reserve_ports,
+)
 from tests.stack.redis import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -42,6 +52,16 @@ def envoy(workdir: Path, allow_all: AllowAllServer, echo_server: EchoServer) -> 
     ).start()
     yield proxy
     proxy.stop()
+
+
+def test_server_ports_are_below_the_ephemeral_range_and_never_handed_out_twice() -> None:
+    ports = reserve_ports(50) + [free_port() for _ in range(50)]
+    assert len(set(ports)) == 100
+    assert all(p in SERVER_PORTS and p < EPHEMERAL_START for p in ports)
+    for port in reserve_ports(20, with_bus=True):
+        assert port + CLUSTER_BUS_OFFSET < EPHEMERAL_START
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port + CLUSTER_BUS_OFFSET))  # free too
 
 
 def test_rendered_config_passes_envoy_validate(workdir: Path) -> None:

@@ -49,33 +49,60 @@ class StartHung(TimeoutError):
     doing (`ManagedProcess.stuck`)."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
+# Where the test world's servers listen: below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range, 32768-60999 by default). A port is checked here and
+# bound later by a server process; in the ephemeral range any outgoing connection of
+# the suite could take it in between (make run's nginx once failed to bind so).
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+EPHEMERAL_START = _ephemeral_start()
+SERVER_PORTS = range(20000, min(32000, EPHEMERAL_START))
+CLUSTER_BUS_OFFSET = 10000  # redis-server's cluster bus listens on port + 10000
+
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+_rng = random.SystemRandom()  # not the `random` module's state, which tests may seed
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
-def reserve_ports(n: int, low: int = 20000, high: int = 32000) -> list[int]:
-    """`n` distinct free ports below the kernel's ephemeral range.
-
-    For ports that must be known long before they are bound (the Envoy ports the IdP
-    lists in its redirect URIs at session start): ports from the ephemeral range could
-    meanwhile be taken by any outgoing connection, ports below it are not.
-    """
+def reserve_ports(n: int, *, with_bus: bool = False) -> list[int]:
+    """`n` distinct ports on 127.0.0.1, free a moment ago, from `SERVER_PORTS`, none
+    handed out before by this process; with `with_bus`, port + `CLUSTER_BUS_OFFSET`
+    is free too (and also below the ephemeral range)."""
+    high = SERVER_PORTS.stop
+    if with_bus:
+        high = min(high, EPHEMERAL_START - CLUSTER_BUS_OFFSET)
     chosen: list[int] = []
-    rng = random.Random()
-    while len(chosen) < n:
-        port = rng.randrange(low, high)
-        if port in chosen:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
+    for _ in range(100 * n + 1000):
+        port = _rng.randrange(SERVER_PORTS.start, high)
+        with _handed_out_lock:
+            if port in _handed_out:
                 continue
+            if not _bindable(port) or (with_bus and not _bindable(port + CLUSTER_BUS_OFFSET)):
+                continue
+            _handed_out.add(port)
         chosen.append(port)
-    return chosen
+        if len(chosen) == n:
+            return chosen
+    raise RuntimeError(f"found only {len(chosen)} of {n} free ports in {SERVER_PORTS}")
+
+
+def free_port(*, with_bus: bool = False) -> int:
+    """One port of `reserve_ports`."""
+    return reserve_ports(1, with_bus=with_bus)[0]
 
 
 def port_open(host: str, port: int) -> bool:
