@@ -49,10 +49,6 @@ class StartHung(TimeoutError):
     doing (`ManagedProcess.stuck`)."""
 
 
-# Where the test world's servers listen: below the kernel's ephemeral range
-# (net.ipv4.ip_local_port_range, 32768-60999 by default). A port is checked here and
-# bound later by a server process; in the ephemeral range any outgoing connection of
-# the suite could take it in between (make run's nginx once failed to bind so).
 def _ephemeral_start() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
@@ -60,6 +56,10 @@ def _ephemeral_start() -> int:
         return 32768
 
 
+# Where the test world's servers listen: below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range, 32768-60999 by default). A port is checked here and
+# bound later by a server process; in the ephemeral range any outgoing connection of
+# the suite could take it in between (make run's nginx once failed to bind so).
 EPHEMERAL_START = _ephemeral_start()
 SERVER_PORTS = range(20000, min(32000, EPHEMERAL_START))
 CLUSTER_BUS_OFFSET = 10000  # redis-server's cluster bus listens on port + 10000
