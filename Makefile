@@ -9,9 +9,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 APT_PACKAGES := chromium chromium-driver wrk nghttp2-client nginx-light caddy gdb
+RUN_APT_PACKAGES := nginx-light caddy
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv npm apt run test unit lint typecheck protos bench clean
+.PHONY: all deps venv npm apt apt-run run test unit lint typecheck protos bench clean
 
 all: test
 
@@ -27,19 +28,27 @@ tests/idp/node_modules/.package-lock.json: tests/idp/package.json tests/idp/pack
 	cd tests/idp && npm ci --no-audit --no-fund --loglevel=error
 
 # Debian packages: only when missing, and only as root (CI and these machines run as root).
-apt:
+define apt_install
 	@missing=""; \
-	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "missing Debian packages (run as root to install):$$missing"; fi; \
 	fi
+endef
+
+apt:
+	$(call apt_install,$(APT_PACKAGES))
+
+# `make run` fronts the demo with nginx and Caddy too; it needs only those two.
+apt-run:
+	$(call apt_install,$(RUN_APT_PACKAGES))
 
 deps: venv npm apt
 
-run: venv npm
+run: venv npm apt-run
 	$(PY) -m tests.stack
 
 test: deps lint typecheck
