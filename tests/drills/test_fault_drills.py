@@ -434,16 +434,6 @@ def internal_errors(stack: Stack) -> list[dict[str, Any]]:
 # -- fixtures -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def own_redis(workdir: Path) -> Iterator[RedisServer]:
-    """A redis-server of the drill's own (it gets killed), on a free port."""
-    server = RedisServer(workdir / "drills", name="drill-redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 # The drills are about faults, not guessing: their steady mix sends far more invalid
 # credentials than `receive.throttle` lets one client try, and each must still reach
 # the verifier (tests/e2e/test_abuse.py covers the throttle).
@@ -452,9 +442,9 @@ NO_THROTTLE: dict[str, Any] = {"applications": {"app": _OFF, "whoami": _OFF}}
 
 
 @pytest.fixture
-def two_replicas(make_stack: Any, own_redis: RedisServer) -> Stack:
+def two_replicas(make_stack: Any, drill_redis: RedisServer) -> Stack:
     """Two replicas sharing the drill's Redis; the session IdP (left running)."""
-    stack: Stack = make_stack(replicas=2, store=own_redis, config_overrides=NO_THROTTLE)
+    stack: Stack = make_stack(replicas=2, store=drill_redis, config_overrides=NO_THROTTLE)
     return stack
 
 
@@ -463,7 +453,7 @@ def two_replicas(make_stack: Any, own_redis: RedisServer) -> Stack:
 
 def test_redis_killed_and_restarted(
     two_replicas: Stack,
-    own_redis: RedisServer,
+    drill_redis: RedisServer,
     record_property: Callable[[str, object], None],
 ) -> None:
     stack = two_replicas
@@ -473,10 +463,10 @@ def test_redis_killed_and_restarted(
     try:
         load.hold("steady", 1.5)
         killed = load.phase("redis-down")
-        own_redis.kill()
+        drill_redis.kill()
         load.keep("redis-down", 3.0)
         restarting = time.monotonic()
-        own_redis.start()  # same port, empty (no persistence): every session is gone
+        drill_redis.start()  # same port, empty (no persistence): every session is gone
         restarted = load.phase("recovering")
 
         # Valid credentials work again without restarting ext-authz: several in a row,
@@ -548,11 +538,16 @@ def test_redis_killed_and_restarted(
 
 @pytest.fixture
 def drill_idp_stack(
-    workdir: Path, echo_server: EchoServer, own_redis: RedisServer
+    workdir: Path, echo_server: EchoServer, drill_redis: RedisServer
 ) -> Iterator[tuple[Stack, IdP]]:
     """Two replicas, the drill's Redis and an IdP of their own (the drill stops it)."""
     with private_idp_stack(
-        workdir, echo_server, own_redis, name="drill-idp", replicas=2, config_overrides=NO_THROTTLE
+        workdir,
+        echo_server,
+        drill_redis,
+        name="drill-idp",
+        replicas=2,
+        config_overrides=NO_THROTTLE,
     ) as pair:
         yield pair
 
@@ -777,7 +772,7 @@ def gated_check_request(n: int) -> CheckRequest:
 
 def test_replica_sigterm_drains_in_flight_checks(
     make_stack: Any,
-    own_redis: RedisServer,
+    drill_redis: RedisServer,
     gated_idp: GatedIdP,
     record_property: Callable[[str, object], None],
 ) -> None:
@@ -793,7 +788,7 @@ def test_replica_sigterm_drains_in_flight_checks(
     machine cut checks that had started a second before SIGTERM."""
     stack: Stack = make_stack(
         replicas=2,
-        store=own_redis,
+        store=drill_redis,
         config_overrides={
             "server": {"grace_period": f"{GRACE:g}s"},
             "applications": {**NO_THROTTLE["applications"], "gated": gated_app(gated_idp)},

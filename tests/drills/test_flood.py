@@ -38,11 +38,10 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -83,15 +82,6 @@ def with_drill_users(config: dict[str, Any]) -> dict[str, Any]:
         username, password = drill_user(n)
         users.append({"username": username, "app_passwords": [hasher.hash(password)]})
     return {**config, "directory": {**config["directory"], "users": users}}
-
-
-@pytest.fixture
-def drill_redis(workdir: Path) -> Iterator[RedisServer]:
-    server = RedisServer(workdir / "drills", name="flood-redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 # -- the flood ----------------------------------------------------------------------------

@@ -231,7 +231,7 @@ def test_guesses_past_the_limit_get_429_and_reach_no_verifier(shared: Stack, app
 @pytest.fixture
 def store(shared: Stack) -> Iterator[redis.Redis]:
     assert shared.redis is not None
-    client = redis.Redis(host="127.0.0.1", port=shared.redis.port, socket_timeout=5)
+    client = shared.redis.client()
     yield client
     client.close()
 

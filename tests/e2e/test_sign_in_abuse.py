@@ -36,7 +36,7 @@ def redis_stack(make_stack: object) -> Stack:
 @pytest.fixture
 def store(redis_stack: Stack) -> Iterator[redis.Redis]:
     assert redis_stack.redis is not None
-    client = redis.Redis(host="127.0.0.1", port=redis_stack.redis.port, socket_timeout=5)
+    client = redis_stack.redis.client()
     yield client
     client.close()
 

@@ -442,22 +442,26 @@ def test_restart_keeps_issuer(idp: IdP) -> None:
     }
 
 
-def test_a_start_that_hangs_is_recorded_and_tried_again(tmp_path: Path) -> None:
-    # The first start deletes the file and hangs for good, so the short first bound only
-    # bounds a wait for something that never comes; the second start has the full one.
-    hang_once = tmp_path / "hang-once"
+def _hanging_once(workdir: Path, start_bounds: tuple[float, ...]) -> IdP:
+    """An IdP whose next start deletes `workdir/hang-once` and hangs for good; a bound of
+    1 s for that start only bounds a wait for something that never comes."""
+    hang_once = workdir / "hang-once"
     hang_once.touch()
-    server = IdP(
+    return IdP(
         clients=[POST_CLIENT],
         users=[ALICE],
         groups=GROUPS,
-        workdir=tmp_path,
-        start_bounds=(1.0, START_BOUND),
+        workdir=workdir,
+        start_bounds=start_bounds,
         hang_once_file=hang_once,
     )
+
+
+def test_a_start_that_hangs_is_recorded_and_tried_again(tmp_path: Path) -> None:
+    server = _hanging_once(tmp_path, start_bounds=(1.0, START_BOUND))  # then a full bound
     with pytest.warns(IdPStartHung, match="hung at start") as warned, server:
         assert httpx.get(server.discovery_url).json()["issuer"] == server.issuer
-    assert not hang_once.exists()
+    assert server.hang_once_file is not None and not server.hang_once_file.exists()
     log = server.log_path.read_text()
     assert log.count("=== start idp") == 2
     assert "missed its deadline; it was doing:" in log
@@ -468,16 +472,7 @@ def test_a_start_that_hangs_is_recorded_and_tried_again(tmp_path: Path) -> None:
 
 
 def test_a_start_that_always_hangs_fails_with_what_it_was_doing(tmp_path: Path) -> None:
-    hang_once = tmp_path / "hang-once"
-    hang_once.touch()
-    server = IdP(
-        clients=[POST_CLIENT],
-        users=[ALICE],
-        groups=GROUPS,
-        workdir=tmp_path,
-        start_bounds=(1.0,),
-        hang_once_file=hang_once,
-    )
+    server = _hanging_once(tmp_path, start_bounds=(1.0,))
     with pytest.raises(IdPError, match=r"(?ms)hung at start 1 times.*^state: ") as failed:
         server.start()
     assert not server.alive()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import redis
+
 from tests.stack.proc import START_BOUND, ManagedProcess, free_port
 
 
@@ -69,6 +71,10 @@ class RedisServer:
 
     def ping(self) -> bool:
         return redis_ping(self.port)
+
+    def client(self) -> redis.Redis:
+        """A redis-py client of this server, for tests that look into the store."""
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 
     def alive(self) -> bool:
         return self.process.alive()
