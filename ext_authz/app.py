@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
@@ -19,16 +22,89 @@ from ext_authz.adapters.store_factory import open_store
 from ext_authz.config import Directory
 from ext_authz.errors import IdPUnavailable, StoreUnavailable
 from ext_authz.hash_pool import HashPool
+from ext_authz.logs import event
 from ext_authz.metrics import Metrics
 from ext_authz.service import AppRuntime, BasicVerifier, BearerVerifier, CheckService
 from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
+from ext_authz.table import AppTable, TableHolder
 from ext_authz.throttle import Throttle
 
 if TYPE_CHECKING:
     from ext_authz.config import Application, Settings
     from ext_authz.ports import ByteStore
 
-__all__ = ["Components", "build"]
+__all__ = ["Components", "TableBuilder", "build"]
+
+
+class TableBuilder:
+    """Builds application tables (ext_authz.table) from application settings.
+
+    The one place that makes OIDC clients and verifiers for applications. A client whose
+    OIDC settings did not change is reused from the previous table, so its discovery
+    document and JWKS survive a refresh; the others are made anew."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        metrics: Metrics,
+        *,
+        secret: bytes,
+        hash_pool: HashPool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._http = http
+        self._metrics = metrics
+        self._secret = secret
+        self._pool = hash_pool
+        self._clock = clock
+        self._generation = 0
+        self.oidc_clients: dict[str, OIDCClient] = {}
+
+    def build(
+        self,
+        applications: Sequence[Application],
+        directory_settings: Directory | None,
+        *,
+        sources: Mapping[str, int] | None = None,
+    ) -> AppTable:
+        directory = (
+            DirectoryVerifier(directory_settings, secret=self._secret, pool=self._pool)
+            if directory_settings is not None
+            else None
+        )
+        # Sessions and cached credentials made from the directory end with their
+        # credential; without a directory, none of them is current any more.
+        known = directory or DirectoryVerifier(Directory(), secret=self._secret, pool=self._pool)
+        previous = self.oidc_clients
+        clients: dict[str, OIDCClient] = {}
+        runtimes = []
+        for app in applications:
+            oidc = None
+            if app.oidc is not None:
+                kept = previous.get(app.name)
+                oidc = (
+                    kept
+                    if kept is not None and kept.settings == app.oidc
+                    else OIDCClient(app.oidc, self._http, observe=self._metrics.observe_idp)
+                )
+                clients[app.name] = oidc
+            runtimes.append(
+                AppRuntime(
+                    app=app,
+                    verify_basic=_basic_verifier(app, oidc, directory),
+                    verify_bearer=_bearer_verifier(app, oidc, directory),
+                    oidc=oidc,
+                )
+            )
+        self.oidc_clients = clients
+        self._generation += 1
+        return AppTable.of(
+            runtimes,
+            current=known.is_current,
+            generation=self._generation,
+            sources=sources,
+            built_at=self._clock(),
+        )
 
 
 @dataclass
@@ -36,9 +112,16 @@ class Components:
     service: CheckService
     store: ByteStore
     http: httpx.AsyncClient
-    oidc_clients: dict[str, OIDCClient] = field(default_factory=dict)
+    tables: TableHolder
+    builder: TableBuilder
+    settings: Settings
     sessions: SessionRepository | None = None
     hash_pool: HashPool | None = None
+
+    @property
+    def oidc_clients(self) -> dict[str, OIDCClient]:
+        """The OIDC clients of the current table's applications, by application name."""
+        return {name: rt.oidc for name, rt in self.tables.current.runtimes.items() if rt.oidc}
 
     async def start(self) -> None:
         """Background work that needs a running loop (invalidation listener)."""
@@ -46,6 +129,23 @@ class Components:
             # The store adapter re-subscribes by itself once the store is back.
             with contextlib.suppress(StoreUnavailable):
                 await self.sessions.start_invalidation_listener()
+
+    def reload(self, settings: Settings) -> AppTable:
+        """SIGHUP: a new table from re-read settings, swapped in at once (SPEC §11).
+
+        Only the applications and the directory change in a running process; a change
+        elsewhere (server, store, secret) needs a restart, and a log line says which."""
+        needs_restart = [
+            key
+            for key in ("server", "store", "secret")
+            if getattr(settings, key) != getattr(self.settings, key)
+        ]
+        if needs_restart:
+            event(logging.WARNING, "reload: restart to apply", keys=needs_restart)
+        table = self.builder.build(settings.applications, settings.directory)
+        self.tables.swap(table)
+        self.settings = settings
+        return table
 
     async def readiness(self) -> dict[str, str]:
         """Problems by component; empty when ready (store reachable, discovery loaded)."""
@@ -90,43 +190,23 @@ def build(settings: Settings, metrics: Metrics) -> Components:
     )
     # Password hashing gets its own bounded, fair pool (SPEC §5 "Cost and abuse").
     hash_pool = HashPool()
-    directory = (
-        DirectoryVerifier(settings.directory, secret=secret, pool=hash_pool)
-        if settings.directory is not None
-        else None
-    )
-    # Sessions and cached credentials made from the directory end with their credential;
-    # without a directory, none of them is current any more.
-    known = directory or DirectoryVerifier(Directory(), secret=secret, pool=hash_pool)
-    oidc_clients: dict[str, OIDCClient] = {}
-    runtimes = []
-    for app in settings.applications:
-        oidc = None
-        if app.oidc is not None:
-            oidc = OIDCClient(app.oidc, http, observe=metrics.observe_idp)
-            oidc_clients[app.name] = oidc
-        runtimes.append(
-            AppRuntime(
-                app=app,
-                verify_basic=_basic_verifier(app, oidc, directory),
-                verify_bearer=_bearer_verifier(app, oidc, directory),
-                oidc=oidc,
-            )
-        )
+    builder = TableBuilder(http, metrics, secret=secret, hash_pool=hash_pool)
+    tables = TableHolder(builder.build(settings.applications, settings.directory))
     service = CheckService(
-        runtimes,
+        tables,
         sessions=sessions,
         credentials=credentials,
         logins=logins,
         metrics=metrics,
         throttle=Throttle(store, secret=secret, metrics=metrics),
-        credential_current=known.is_current,
     )
     return Components(
         service=service,
         store=store,
         http=http,
-        oidc_clients=oidc_clients,
+        tables=tables,
+        builder=builder,
+        settings=settings,
         sessions=sessions,
         hash_pool=hash_pool,
     )

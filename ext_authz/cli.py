@@ -8,6 +8,7 @@ line per problem, never a traceback, and nothing printed ever holds a secret.
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import sys
 from collections.abc import Sequence
@@ -130,5 +131,5 @@ def _serve(path: str) -> int:
     # Imported late: check-config and hash-password need none of the server's imports.
     from ext_authz.server import serve  # type: ignore[import-not-found, unused-ignore]
 
-    result = serve(settings)
+    result = serve(settings, functools.partial(load_settings, path))
     return result if isinstance(result, int) else EXIT_OK

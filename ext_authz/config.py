@@ -514,6 +514,10 @@ class Application(BaseModel):
 
     name: str
     external_host: str
+    # authentik's proxy-provider modes (SPEC §11): `proxy` and `forward_single` match
+    # the application by host; `forward_domain` matches every host inside cookie_domain
+    # and judges skip paths against the whole URL, as authentik's outpost does.
+    mode: Literal["proxy", "forward_single", "forward_domain"] = "forward_single"
     hosts: tuple[str, ...] = ()
     cookie_domain: str = ""
     oidc: OIDCSettings | None = None
@@ -635,6 +639,10 @@ class Application(BaseModel):
                         f"(the introspection endpoint authenticates the client{why})",
                     )
                 )
+        if self.mode == "forward_domain" and not self.cookie_domain:
+            problems.append(
+                (("cookie_domain",), "required in mode forward_domain (the domain it serves)")
+            )
         if self.cookie_domain:
             host = _host_of(self.external_host)
             domain = self.cookie_domain.removeprefix(".").lower()

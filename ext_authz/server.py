@@ -18,6 +18,10 @@ A third transport is one more adapter and one more listener here.
 SIGTERM/SIGINT: every listener stops advertising (health NOT_SERVING; HTTP answers
 `connection: close`), keeps answering for a moment, then stops accepting; in-flight
 checks finish within `grace_period`; the process exits 0.
+
+SIGHUP: the config file is read again and a new application table (applications and
+directory) replaces the current one at once (SPEC §11); the supervisor forwards it to
+every worker. A file that no longer validates changes nothing (a log line says why).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
@@ -40,11 +45,13 @@ from ext_authz._proto import AUTHORIZATION_SERVICE_NAME
 from ext_authz.adapters.forward_auth import ForwardAuth, TrustedProxies
 from ext_authz.adapters.grpc_servicer import CheckLater, CheckNow, CheckServicer, add_check_service
 from ext_authz.adapters.http_server import Handler, HttpServer, split_listen
+from ext_authz.errors import ConfigError
 from ext_authz.logs import configure_logging, event
 from ext_authz.metrics import Metrics
 from ext_authz.operations import OperationsHandler
 
 if TYPE_CHECKING:
+    from ext_authz.app import Components
     from ext_authz.config import Settings
 
 __all__ = ["serve"]
@@ -52,11 +59,38 @@ __all__ = ["serve"]
 EXIT_BIND_FAILED = 3
 
 
-def serve(settings: Settings) -> int:
+# Reads the settings again (SIGHUP); picklable, as spawned workers get it too.
+Reload = Callable[[], "Settings"]
+
+
+def serve(settings: Settings, reload: Reload | None = None) -> int:
     configure_logging(settings.server.log_level, settings.server.log_format)
     if settings.server.workers > 1:
-        return _supervise(settings)
-    return asyncio.run(_worker(settings, index=0, reuse_port=False, with_http=True))
+        return _supervise(settings, reload)
+    return asyncio.run(_worker(settings, index=0, reuse_port=False, with_http=True, reload=reload))
+
+
+def _on_hangup(components: Components, reload: Reload | None, index: int) -> None:
+    """SIGHUP: a new application table from the re-read config, or none at all."""
+    if reload is None:
+        event(logging.WARNING, "reload: nothing to read again", worker=index)
+        return
+    try:
+        settings = reload()
+    except ConfigError as exc:
+        event(logging.ERROR, "reload refused: config error", worker=index, errors=exc.errors)
+        return
+    except OSError as exc:
+        event(logging.ERROR, "reload refused: config unreadable", worker=index, error=str(exc))
+        return
+    table = components.reload(settings)
+    event(
+        logging.INFO,
+        "applications reloaded",
+        worker=index,
+        applications=len(table),
+        generation=table.generation,
+    )
 
 
 # --- listeners: one per transport, started and drained alike ---------------------------
@@ -194,7 +228,14 @@ def _stop_event() -> asyncio.Event:
 # --- one worker ----------------------------------------------------------------------
 
 
-async def _worker(settings: Settings, *, index: int, reuse_port: bool, with_http: bool) -> int:
+async def _worker(
+    settings: Settings,
+    *,
+    index: int,
+    reuse_port: bool,
+    with_http: bool,
+    reload: Reload | None = None,
+) -> int:
     from ext_authz.app import build
 
     metrics = Metrics()
@@ -205,6 +246,9 @@ async def _worker(settings: Settings, *, index: int, reuse_port: bool, with_http
 
     # Signals first: a SIGTERM while the listeners start is a drain, not a kill.
     stop = _stop_event()
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, _on_hangup, components, reload, index
+    )
     listeners: list[Listener] = []
     if server.forward_auth_listen:
         forward_auth = ForwardAuth(
@@ -250,25 +294,27 @@ async def _worker(settings: Settings, *, index: int, reuse_port: bool, with_http
     return 0
 
 
-def _worker_entry(settings: Settings, index: int) -> None:
+def _worker_entry(settings: Settings, index: int, reload: Reload | None = None) -> None:
     """Entry point of a spawned worker process."""
     configure_logging(settings.server.log_level, settings.server.log_format)
-    raise SystemExit(asyncio.run(_worker(settings, index=index, reuse_port=True, with_http=False)))
+    raise SystemExit(
+        asyncio.run(_worker(settings, index=index, reuse_port=True, with_http=False, reload=reload))
+    )
 
 
 # --- the supervisor ------------------------------------------------------------------
 
 
-def _supervise(settings: Settings) -> int:
+def _supervise(settings: Settings, reload: Reload | None = None) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="ext-authz-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        return asyncio.run(_supervisor(settings, metrics_dir))
+        return asyncio.run(_supervisor(settings, metrics_dir, reload))
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-async def _supervisor(settings: Settings, metrics_dir: str) -> int:
+async def _supervisor(settings: Settings, metrics_dir: str, reload: Reload | None = None) -> int:
     from prometheus_client import multiprocess
 
     from ext_authz.app import build
@@ -279,7 +325,10 @@ async def _supervisor(settings: Settings, metrics_dir: str) -> int:
 
     def start(index: int) -> None:
         proc = ctx.Process(
-            target=_worker_entry, args=(settings, index), name=f"worker-{index}", daemon=False
+            target=_worker_entry,
+            args=(settings, index, reload),
+            name=f"worker-{index}",
+            daemon=False,
         )
         proc.start()
         workers[index] = proc
@@ -303,6 +352,16 @@ async def _supervisor(settings: Settings, metrics_dir: str) -> int:
 
     stop = _stop_event()
     loop = asyncio.get_running_loop()
+
+    def hangup() -> None:
+        # Each worker reads the file itself; the probe follows so /readyz names the
+        # applications the workers now serve.
+        for proc in workers.values():
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGHUP)
+        _on_hangup(probe, reload, -1)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     event(
         logging.INFO,
         "supervisor ready",

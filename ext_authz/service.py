@@ -60,6 +60,7 @@ from ext_authz.core.upstream import IdentityPart, identity_part
 from ext_authz.errors import StoreUnavailable
 from ext_authz.logs import event
 from ext_authz.signin import BrowserSignIn
+from ext_authz.table import AppTable, TableHolder
 from ext_authz.verification import (
     DIRECTORY_BUDGET,
     AppRuntime,
@@ -84,7 +85,9 @@ __all__ = [
 ]
 
 Memo = dict[str, Any]
-_SCHEME = "scheme"  # memo key: how a cached credential authenticates ("basic", "bearer")
+# Memo key of how a cached credential authenticates ("basic", "bearer"); the other keys
+# are application names, which never hold a space.
+_SCHEME = " scheme"
 # What the decision needs of a cached credential it will not verify again: its kind
 # (for the metrics label). No secret of the credential is kept anywhere.
 _KINDS: dict[str, BasicCredential | BearerCredential] = {
@@ -96,7 +99,7 @@ _KINDS: dict[str, BasicCredential | BearerCredential] = {
 class CheckService:
     def __init__(
         self,
-        runtimes: Sequence[AppRuntime],
+        tables: TableHolder | Sequence[AppRuntime],
         *,
         sessions: SessionRepository,
         credentials: CredentialCache,
@@ -106,10 +109,11 @@ class CheckService:
         clock: Callable[[], float] = time.time,
         credential_current: Callable[[Identity], bool] | None = None,
     ) -> None:
-        self._runtimes = {rt.app.name: rt for rt in runtimes}
-        self._apps = routing.ApplicationIndex([rt.app for rt in runtimes])
-        # Stripped from every upstream's cookie header (SPEC §7), whichever app it is.
-        self._cookie_names = steps.cookie_names(rt.app for rt in runtimes)
+        if not isinstance(tables, TableHolder):
+            # A fixed list of applications (tests, tools): a table that never changes.
+            tables = TableHolder(AppTable.of(tables, current=credential_current))
+        # The application table (SPEC §11): read once per Check, replaced as a whole.
+        self.tables = tables
         self._sessions = sessions
         self._credentials = credentials
         self._logins = logins
@@ -117,12 +121,14 @@ class CheckService:
         self._throttle = throttle
         self._clock = clock
         self._signin = BrowserSignIn(sessions=sessions, logins=logins, metrics=metrics, clock=clock)
-        # Whether the directory still holds the credential an identity was made from
-        # (SPEC §5 "Sessions from header auth"); checked on every session and cache hit.
-        self._current = credential_current or (lambda identity: True)
         self._verification = SharedVerification(
             credentials, metrics, current=self._current, wall=clock
         )
+
+    def _current(self, identity: Identity) -> bool:
+        """Whether the directory still holds the credential an identity was made from
+        (SPEC §5 "Sessions from header auth"); checked on every session and cache hit."""
+        return self.tables.current.current(identity)
 
     # --- the entry points ------------------------------------------------------------
 
@@ -156,13 +162,13 @@ class CheckService:
             if not request.has_http:
                 decision: Allow | Deny = deny_no_http()
             else:
-                app = self._apps.select(request)
-                if app is None:
+                table = self.tables.current
+                runtime = table.select(request)
+                if runtime is None:
                     decision = not_found_app(request)
                 else:
-                    app_name = app.name
-                    runtime = self._runtimes[app.name]
-                    decision = await self._decide(request, runtime, can_redirect)
+                    app_name = runtime.app.name
+                    decision = await self._decide(request, runtime, can_redirect, table)
         except Exception:  # Check never raises: fail closed, with a trace for operators.
             self._metrics.internal_errors.inc()
             event(
@@ -213,14 +219,21 @@ class CheckService:
         self, request: AuthRequest, app: Application, identity: Identity, memo: Memo | None
     ) -> IdentityPart:
         """The identity's upstream headers for `app`, kept in the memo of the cached
-        entry it came from; computed (and its left-out names logged) once per entry."""
-        part: IdentityPart | None = memo.get(app.name) if memo is not None else None
-        if part is None:
-            part = identity_part(identity, app)
-            if memo is not None:
-                memo[app.name] = part
-            if part.dropped or part.undeclared:
-                self._log_part(request, app.name, part.dropped, part.undeclared)
+        entry it came from; computed (and its left-out names logged) once per entry.
+
+        The memo holds the very `Application` object the part was computed for: after a
+        table swap the application's settings are a new object, so a part made from the
+        old ones is never served (SPEC §11 "Swap")."""
+        kept: tuple[Application, IdentityPart] | None = (
+            memo.get(app.name) if memo is not None else None
+        )
+        if kept is not None and kept[0] is app:
+            return kept[1]
+        part = identity_part(identity, app)
+        if memo is not None:
+            memo[app.name] = (app, part)
+        if part.dropped or part.undeclared:
+            self._log_part(request, app.name, part.dropped, part.undeclared)
         return part
 
     # --- from memory alone -------------------------------------------------------------
@@ -228,7 +241,8 @@ class CheckService:
     def _decide_now(self, request: AuthRequest) -> tuple[Application | None, Allow | Deny] | None:
         if not request.has_http:
             return None, deny_no_http()
-        app = self._apps.select(request)
+        table = self.tables.current
+        app = table.index.select(request)
         if app is None:
             return None, not_found_app(request)
         if routing.outpost_route(request) is not None:
@@ -261,7 +275,14 @@ class CheckService:
             part = self._part(request, app, outcome.identity, cached.memo)
         outcome_now = steps.decide(
             self._facts(
-                request, app, cookies, part, session=session, credential=credential, verdict=verdict
+                request,
+                table,
+                app,
+                cookies,
+                part,
+                session=session,
+                credential=credential,
+                verdict=verdict,
             )
         )
         if isinstance(outcome_now, steps.StartLogin):
@@ -273,6 +294,7 @@ class CheckService:
     def _facts(
         self,
         request: AuthRequest,
+        table: AppTable,
         app: Application,
         cookies: CookieHeader | None,
         part: IdentityPart | None,
@@ -282,7 +304,7 @@ class CheckService:
         return steps.Facts(
             request=request,
             app=app,
-            cookie_names=self._cookie_names,
+            cookie_names=table.cookie_names,
             cookies=cookies,
             part=part,
             **found,
@@ -303,7 +325,7 @@ class CheckService:
     # --- steps 3-7 -------------------------------------------------------------------
 
     async def _decide(
-        self, request: AuthRequest, rt: AppRuntime, can_redirect: bool
+        self, request: AuthRequest, rt: AppRuntime, can_redirect: bool, table: AppTable
     ) -> Allow | Deny:
         app = rt.app
         route = routing.outpost_route(request)
@@ -333,6 +355,7 @@ class CheckService:
         outcome = steps.decide(
             self._facts(
                 request,
+                table,
                 app,
                 cookies,
                 part,

@@ -133,6 +133,12 @@ class OIDCClient:
     def client_id(self) -> str:
         return self._settings.client_id
 
+    @property
+    def settings(self) -> OIDCSettings:
+        """The settings this client was made from (a table refresh reuses a client whose
+        settings did not change, with its discovery document and JWKS)."""
+        return self._settings
+
     async def discovery(self) -> Discovery:
         """The discovery document; raises IdPUnavailable until it can be loaded."""
         if self._discovery is not None:

@@ -51,15 +51,29 @@ def split_host(authority: str, scheme: str = "") -> tuple[str, int | None]:
 
 
 class ApplicationIndex:
-    """The applications by name and by host name, built once from the settings."""
+    """The applications by name and by host name, built once per application table.
+
+    `forward_domain` applications (SPEC §11) also answer every host inside their
+    cookie_domain, on a dot boundary; the longest domain wins, and an exact host name
+    of any application wins over a domain."""
 
     def __init__(self, applications: Sequence[Application]) -> None:
         self._by_name = {app.name: app for app in applications}
         by_host: dict[str, list[Application]] = {}
+        by_domain: dict[str, Application] = {}
         for app in applications:
             for host in app.all_host_names:
                 by_host.setdefault(host, []).append(app)
+            if app.mode == "forward_domain" and app.cookie_domain:
+                by_domain.setdefault(app.cookie_domain.lower().lstrip("."), app)
         self._by_host = {host: tuple(apps) for host, apps in by_host.items()}
+        self._by_domain = by_domain
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def names(self) -> frozenset[str]:
+        return frozenset(self._by_name)
 
     def select(self, request: AuthRequest) -> Application | None:
         """`context_extensions["ext_authz_app"]` names the application; else the host does.
@@ -71,13 +85,25 @@ class ApplicationIndex:
             return self._by_name.get(named)
         name, port = split_host(request.host, request.scheme)
         # Application host names hold IPv6 literals without brackets; split_host keeps them.
-        candidates = self._by_host.get(name.removeprefix("[").removesuffix("]"), ())
-        if len(candidates) <= 1:
-            return candidates[0] if candidates else None
+        bare = name.removeprefix("[").removesuffix("]")
+        candidates = self._by_host.get(bare, ())
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            return self._in_domain(bare) if self._by_domain else None
         for app in candidates:
             if port is not None and app.port == port:
                 return app
         return candidates[0]
+
+    def _in_domain(self, host: str) -> Application | None:
+        """The forward_domain application of the longest domain containing `host`."""
+        while host:
+            app = self._by_domain.get(host)
+            if app is not None:
+                return app
+            _, _, host = host.partition(".")
+        return None
 
 
 def outpost_route(request: AuthRequest) -> OutpostRoute | None:

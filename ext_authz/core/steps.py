@@ -174,7 +174,7 @@ def decide(facts: Facts) -> Allow | Deny | StartLogin:
         return _allow(facts, verdict.identity, method, consumed=True, create_session=create)
 
     invalid = isinstance(facts.credential, MalformedCredential) or isinstance(verdict, Rejected)
-    if _is_skip_path(request.path, app):
+    if _is_skip_path(request, app):
         return _allow(facts, None, "skip", consumed=False, create_session=False)
 
     if isinstance(verdict, Unavailable):
@@ -210,13 +210,21 @@ def decide(facts: Facts) -> Allow | Deny | StartLogin:
     return StartLogin(return_to=original_url(request, app), expire_session=facts.stale_cookie)
 
 
-def _is_skip_path(path: str, app: Application) -> bool:
+def _is_skip_path(request: AuthRequest, app: Application) -> bool:
     """Step 6: a skip regex is searched in the normalised path; a path with no safe
-    normal form (`normalize_path` returns None) never matches."""
+    normal form (`normalize_path` returns None) never matches. In `forward_domain` mode
+    the regexes see the whole URL (scheme://host/normalised-path?query), as authentik's
+    outpost matches them in that mode (one provider serves many hosts)."""
     if not app.skip_paths:
         return False
-    normal = normalize_path(path)
-    return normal is not None and any(p.search(normal) for p in app.skip_paths)
+    normal = normalize_path(request.path)
+    if normal is None:
+        return False
+    if app.mode == "forward_domain":
+        scheme = request.scheme if request.scheme in ("http", "https") else "https"
+        query = f"?{request.query}" if request.query else ""
+        normal = f"{scheme}://{request.host.lower()}{normal}{query}"
+    return any(p.search(normal) for p in app.skip_paths)
 
 
 def _method(credential: Credential | None) -> str:
