@@ -4,6 +4,8 @@
      +-- ConfigError          the configuration is wrong; carries one message per key path
      +-- StoreUnavailable     the session/cache store did not answer (down, timeout)
      +-- IdPUnavailable       the IdP did not answer usefully (timeout, refused, 5xx, bad JSON)
+     +-- AuthentikUnavailable authentik's API did not answer usefully (SPEC §11)
+     +-- AuthentikRefused     authentik's API refused the outpost token (401/403)
     TokenError (a ValueError)  the IdP refused a request (4xx) or a token failed verification
 
 Adapters wrap their libraries' errors into these, so the service maps faults to the
@@ -12,7 +14,15 @@ documented answers (SPEC §8: 503 with Retry-After, never an allow) in one place
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ExtAuthzError", "IdPUnavailable", "StoreUnavailable", "TokenError"]
+__all__ = [
+    "AuthentikRefused",
+    "AuthentikUnavailable",
+    "ConfigError",
+    "ExtAuthzError",
+    "IdPUnavailable",
+    "StoreUnavailable",
+    "TokenError",
+]
 
 
 class ExtAuthzError(Exception):
@@ -33,6 +43,14 @@ class StoreUnavailable(ExtAuthzError):
 
 class IdPUnavailable(ExtAuthzError):
     """The identity provider could not be reached, timed out, or answered 5xx."""
+
+
+class AuthentikUnavailable(ExtAuthzError):
+    """authentik's API could not be reached, timed out, or answered 5xx or bad JSON."""
+
+
+class AuthentikRefused(ExtAuthzError):
+    """authentik's API refused the outpost's token (401/403)."""
 
 
 class TokenError(ValueError):

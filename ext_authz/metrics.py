@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -86,6 +87,36 @@ class Metrics:
             "ext_authz_internal_errors",
             "Checks that hit an unexpected fault",
             registry=reg,
+        )
+
+        # The application table (SPEC §11). Gauges keep the largest worker's value when
+        # several workers write them (each worker runs its own outpost client).
+        self.applications = Gauge(
+            "ext_authz_applications",
+            "Applications in the current table, by source (file, authentik, stored)",
+            ["source"],
+            registry=reg,
+            multiprocess_mode="max",
+        )
+        self.table_refreshes = Counter(
+            "ext_authz_table_refreshes",
+            "Refreshes of the application table from authentik, by outcome "
+            "(ok, unavailable, refused, error, stored)",
+            ["outcome"],
+            registry=reg,
+        )
+        self.table_built = Gauge(
+            "ext_authz_table_built_timestamp_seconds",
+            "When the current application table's applications were fetched (Unix time; "
+            "its age is time() minus this)",
+            registry=reg,
+            multiprocess_mode="min",
+        )
+        self.authentik_connected = Gauge(
+            "ext_authz_authentik_websocket_connected",
+            "1 while the outpost websocket to authentik is connected, else 0",
+            registry=reg,
+            multiprocess_mode="min",
         )
 
         # labels() costs microseconds; the label sets are few (apps x results x methods),

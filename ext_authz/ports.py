@@ -26,6 +26,7 @@ class Namespace:
     LOGIN = "login"  # key: hmac(secret, app, state, login cookie) hex
     CLAIM = "claim"  # key: a credential cache key; "one replica verifies this now"
     THROTTLE = "throttle"  # key: hmac(secret, kind, app, client[, username]); a counter
+    TABLE = "table"  # key: hmac(secret, "table", authentik host); the last good providers, sealed
 
 
 class ByteStore(Protocol):
