@@ -39,9 +39,12 @@ __all__ = ["Components", "TableBuilder", "build"]
 class TableBuilder:
     """Builds application tables (ext_authz.table) from application settings.
 
-    The one place that makes OIDC clients and verifiers for applications. A client whose
-    OIDC settings did not change is reused from the previous table, so its discovery
-    document and JWKS survive a refresh; the others are made anew."""
+    The one place that makes OIDC clients and verifiers for applications. What did not
+    change is reused from the previous table: the runtime of the very same `Application`
+    object (a source that re-validates only what changed hands those back), the OIDC
+    client of equal OIDC settings (its discovery document and JWKS survive a refresh),
+    and the directory of equal directory settings. So a refresh that changes one
+    provider of a thousand costs about one provider."""
 
     def __init__(
         self,
@@ -58,7 +61,10 @@ class TableBuilder:
         self._pool = hash_pool
         self._clock = clock
         self._generation = 0
-        self.oidc_clients: dict[str, OIDCClient] = {}
+        self._runtimes: dict[str, AppRuntime] = {}
+        self._directory_settings: Directory | None = None
+        self._directory: DirectoryVerifier | None = None
+        self._known: DirectoryVerifier | None = None
 
     def build(
         self,
@@ -66,44 +72,52 @@ class TableBuilder:
         directory_settings: Directory | None,
         *,
         sources: Mapping[str, int] | None = None,
+        built_at: float | None = None,
     ) -> AppTable:
-        directory = (
-            DirectoryVerifier(directory_settings, secret=self._secret, pool=self._pool)
-            if directory_settings is not None
-            else None
-        )
-        # Sessions and cached credentials made from the directory end with their
-        # credential; without a directory, none of them is current any more.
-        known = directory or DirectoryVerifier(Directory(), secret=self._secret, pool=self._pool)
-        previous = self.oidc_clients
-        clients: dict[str, OIDCClient] = {}
-        runtimes = []
+        same_directory = self._known is not None and directory_settings == self._directory_settings
+        if not same_directory:
+            self._directory = (
+                DirectoryVerifier(directory_settings, secret=self._secret, pool=self._pool)
+                if directory_settings is not None
+                else None
+            )
+            # Sessions and cached credentials made from the directory end with their
+            # credential; without a directory, none of them is current any more.
+            self._known = self._directory or DirectoryVerifier(
+                Directory(), secret=self._secret, pool=self._pool
+            )
+            self._directory_settings = directory_settings
+        directory, known = self._directory, self._known
+        assert known is not None
+        previous = self._runtimes
+        runtimes: dict[str, AppRuntime] = {}
         for app in applications:
+            kept = previous.get(app.name)
+            if kept is not None and kept.app is app and same_directory:
+                runtimes[app.name] = kept
+                continue
             oidc = None
             if app.oidc is not None:
-                kept = previous.get(app.name)
+                old = kept.oidc if kept is not None else None
                 oidc = (
-                    kept
-                    if kept is not None and kept.settings == app.oidc
+                    old
+                    if old is not None and old.settings == app.oidc
                     else OIDCClient(app.oidc, self._http, observe=self._metrics.observe_idp)
                 )
-                clients[app.name] = oidc
-            runtimes.append(
-                AppRuntime(
-                    app=app,
-                    verify_basic=_basic_verifier(app, oidc, directory),
-                    verify_bearer=_bearer_verifier(app, oidc, directory),
-                    oidc=oidc,
-                )
+            runtimes[app.name] = AppRuntime(
+                app=app,
+                verify_basic=_basic_verifier(app, oidc, directory),
+                verify_bearer=_bearer_verifier(app, oidc, directory),
+                oidc=oidc,
             )
-        self.oidc_clients = clients
+        self._runtimes = runtimes
         self._generation += 1
         return AppTable.of(
-            runtimes,
+            runtimes.values(),
             current=known.is_current,
             generation=self._generation,
             sources=sources,
-            built_at=self._clock(),
+            built_at=self._clock() if built_at is None else built_at,
         )
 
 
