@@ -37,6 +37,7 @@ from ext_authz.config import Application
 from ext_authz.core.model import AuthRequest, Identity
 from ext_authz.hash_pool import HashPool
 from ext_authz.metrics import Metrics
+from ext_authz.outpost import Composer
 from ext_authz.service import CheckService
 from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
 from ext_authz.table import TableHolder
@@ -78,24 +79,6 @@ def provider_mapping(i: int, *, skip: str = "^/public/") -> dict[str, Any]:
     }
 
 
-class Composer:
-    """Validates mappings, reusing the Application of an unchanged mapping (keyed by
-    its canonical JSON), as the outpost's compose step does."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, Application] = {}
-
-    def __call__(self, mappings: list[dict[str, Any]]) -> list[Application]:
-        out, cache = [], {}
-        for mapping in mappings:
-            key = json.dumps(mapping, sort_keys=True, separators=(",", ":"))
-            app = self._cache.get(key) or Application.model_validate(mapping)
-            cache[key] = app
-            out.append(app)
-        self._cache = cache
-        return out
-
-
 def _service(holder: TableHolder, store: MemoryStore) -> CheckService:
     metrics = Metrics(CollectorRegistry())
     return CheckService(
@@ -128,8 +111,8 @@ def _request(app: Application, cookie: str) -> AuthRequest:
 async def _world(n: int) -> tuple[CheckService, TableBuilder, Composer, AuthRequest, Any]:
     http = httpx.AsyncClient()
     builder = TableBuilder(http, Metrics(CollectorRegistry()), secret=SECRET, hash_pool=HashPool())
-    composer = Composer()
-    apps = composer([provider_mapping(i) for i in range(n)])
+    composer = Composer((), {})
+    apps, _ = composer([provider_mapping(i) for i in range(n)])
     holder = TableHolder(builder.build(apps, None))
     store = MemoryStore("b:")
     service = _service(holder, store)
@@ -168,13 +151,13 @@ async def refresh_rows(n: int) -> dict[str, float]:
     service, builder, composer, _, http = await _world(1)
     mappings = [provider_mapping(i) for i in range(n)]
     started = time.process_time()
-    table = builder.build(Composer()(mappings), None)
+    table = builder.build(Composer((), {})(mappings)[0], None)
     service.tables.swap(table)
     full = time.process_time() - started
-    builder.build(composer(mappings), None)  # warm the composer's cache
+    builder.build(composer(mappings)[0], None)  # warm the composer's cache
     mappings[n // 3] = provider_mapping(n // 3, skip="^/changed/")
     started = time.process_time()
-    service.tables.swap(builder.build(composer(mappings), None))
+    service.tables.swap(builder.build(composer(mappings)[0], None))
     one = time.process_time() - started
     await http.aclose()
     return {"refresh_all_s": full, "refresh_one_changed_s": one}
@@ -204,7 +187,7 @@ async def during_rows(n: int, seconds: float) -> dict[str, float]:
             count += 1
             i = count % n
             mappings[i] = provider_mapping(i, skip=f"^/changed-{count}/")
-            service.tables.swap(builder.build(composer(mappings), None))
+            service.tables.swap(builder.build(composer(mappings)[0], None))
         return count
 
     quiet = await sample(seconds)

@@ -83,6 +83,7 @@ __all__ = [
     "parse_store_url",
     "redact_store_url",
     "redacted",
+    "validate_application",
 ]
 
 CALLBACK_PATH = "/outpost.goauthentik.io/callback"
@@ -901,6 +902,15 @@ def _error_lines(exc: ValidationError) -> list[str]:
 
 # ---------------------------------------------------------------------------------------
 # Loading
+
+
+def validate_application(data: Mapping[str, Any], where: str) -> Application:
+    """One application's settings from another source than the file (SPEC §11); raise
+    ConfigError with one line per problem, each under `where` (e.g. the provider)."""
+    try:
+        return Application.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([f"{where}.{line}" for line in _error_lines(exc)]) from None
 
 
 def parse_settings(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
