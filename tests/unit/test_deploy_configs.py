@@ -1247,6 +1247,12 @@ def dockerfile_instructions() -> dict[str, list[str]]:
     return out
 
 
+def dockerfile_env() -> dict[str, str]:
+    """The runtime stage's ENV (KEY=VALUE pairs, the last stage's)."""
+    pairs = dockerfile_instructions()["ENV"][-1].split()
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
 def dockerfile_user() -> str:
     return dockerfile_instructions()["USER"][-1]
 
@@ -1255,7 +1261,15 @@ def test_dockerfile_matches_server_defaults() -> None:
     instructions = dockerfile_instructions()
     defaults = ServerSettings()
     exposed = {int(p) for line in instructions["EXPOSE"] for p in line.split()}
-    assert exposed == {port_of(defaults.listen), port_of(defaults.http_listen)} == {9191, 9300}
+    assert {port_of(defaults.listen), port_of(defaults.http_listen)} == {9191, 9300}
+    # The environment-only start (an authentik outpost) listens on every interface, on
+    # the default ports and forward auth's 9400; those are the ports exposed.
+    env = dockerfile_env()
+    assert env["EXT_AUTHZ_LISTEN"] == "0.0.0.0:9191"
+    assert env["EXT_AUTHZ_HTTP_LISTEN"] == "0.0.0.0:9300"
+    assert env["EXT_AUTHZ_FORWARD_AUTH_LISTEN"] == "0.0.0.0:9400"
+    listened = {port_of(v) for k, v in env.items() if k.endswith("_LISTEN")}
+    assert exposed == listened == {9191, 9300, 9400}
     assert all(base.split()[0] == "python:3.11-slim" for base in instructions["FROM"])
     assert json.loads(instructions["ENTRYPOINT"][-1]) == ["ext-authz"]
     assert json.loads(instructions["CMD"][-1]) == ["serve", "-c", "/etc/ext-authz/config.yaml"]
