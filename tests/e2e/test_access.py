@@ -151,3 +151,31 @@ def test_skip_paths_stay_open_with_rules_present(front: Stack) -> None:
         assert "x-authentik-username" not in echoed(anonymous)
         signed = front.get(host, "/public/x", headers=bob)
         assert signed.status_code == 200, (front.front_kind, host)
+
+
+def test_traefik_replay_relays_the_403_and_the_method(make_stack: Any) -> None:
+    """Traefik is not packaged here: its forwardAuth, replayed from its source
+    (tests/stack/traefik.py), asks the real ext-authz with X-Forwarded-Method."""
+    from tests.e2e.test_forward_auth import traefik_for
+    from tests.stack.traefik import ClientRequest
+
+    stack: Stack = make_stack(front="envoy-http", config_overrides=OVERRIDES)
+    traefik = traefik_for(stack, "whoami")
+    host = f"whoami.localhost:{stack.port}"
+    for user, method, path, status in TABLE:
+        what = f"traefik {user.username} {method} {path}"
+        _, outcome = traefik.forward_auth(
+            ClientRequest(
+                method=method,
+                host=host,
+                target=path,
+                headers=(("Authorization", basic(user.username, user.app_password)),),
+            )
+        )
+        if status == 200:
+            assert outcome.allowed, what
+            assert outcome.upstream_headers.values("X-Authentik-Username") == [user.username]
+        else:
+            assert not outcome.allowed and outcome.status == 403, what
+            assert not outcome.client_headers.has("X-Authentik-Username"), what
+            assert outcome.client_headers.values("Cache-Control") == ["no-store"], what
