@@ -150,12 +150,32 @@ class AccessRule:
 
 @dataclass(frozen=True, slots=True)
 class AccessPolicy:
-    """An application's rules, in order. No rules: every authenticated identity."""
+    """An application's rules, in order. No rules: every authenticated identity.
+
+    `leading` (from `with_shortcut`) is one regex joining the paths of the rules before
+    the first rule without `paths`, and `after` that rule's index: a path none of them
+    matches skips them all with one search instead of one per rule."""
 
     rules: tuple[AccessRule, ...] = ()
+    leading: re.Pattern[str] | None = None
+    after: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.rules)
+
+    @classmethod
+    def with_shortcut(cls, rules: Sequence[AccessRule]) -> AccessPolicy:
+        rules = tuple(rules)
+        after = next((i for i, rule in enumerate(rules) if not rule.paths), len(rules))
+        patterns = [p for rule in rules[:after] for p in rule.paths]
+        if len(patterns) < 2 or any(p.groups or p.flags & ~re.UNICODE for p in patterns):
+            # Groups would be renumbered and inline flags moved: no safe join.
+            return cls(rules)
+        try:
+            leading = re.compile("|".join(f"(?:{p.pattern})" for p in patterns))
+        except re.error:
+            return cls(rules)
+        return cls(rules, leading, after)
 
     def evaluate(self, identity: Identity, path: str | None, method: str) -> int | None:
         """ADMIT (None), or the index of the rule that refused (NO_RULE: none matched).
@@ -168,7 +188,12 @@ class AccessPolicy:
             return ADMIT
         if path is None:
             return NO_RULE
-        for index, rule in enumerate(rules):
+        start = 0
+        leading = self.leading
+        if leading is not None and leading.search(path) is None:
+            start = self.after  # no leading rule's paths match: none of them applies
+        for index in range(start, len(rules)):
+            rule = rules[index]
             if rule.applies(path, method):
                 return ADMIT if rule.admits(identity) else index
         return NO_RULE
@@ -188,7 +213,7 @@ def compile_policy(
             compiled.append(rule)
     if problems:
         raise AccessRuleError(problems)
-    return AccessPolicy(tuple(compiled))
+    return AccessPolicy.with_shortcut(compiled)
 
 
 def _compile_rule(

@@ -8,10 +8,12 @@ import logging
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from ext_authz.config import Application
-from ext_authz.core.access import ADMIT, NO_RULE, AccessRuleError, compile_policy
+from ext_authz.core.access import ADMIT, NO_RULE, AccessPolicy, AccessRuleError, compile_policy
 from ext_authz.core.credentials import BasicCredential
 from ext_authz.core.decision import Allow, Deny
 from ext_authz.core.model import AuthRequest, Identity, Verified
@@ -314,3 +316,35 @@ def test_the_application_compiles_its_rules_once() -> None:
     (rule,) = app.access_policy.rules
     assert rule.methods == frozenset({"GET"})
     assert make_app().access_policy.rules == ()
+
+
+# --- the shortcut over the leading rules changes no verdict ---------------------------
+
+SHORTCUT_RULES = [
+    {"paths": ["^/a/", "x$"], "groups": ["admins"]},
+    {"paths": ["^/b"], "methods": ["POST"], "users": ["bob"]},
+    {"paths": ["(?i)^/C/"], "users": ["alice"]},  # inline flags: no joined regex
+    {"methods": ["DELETE"], "groups": ["admins"]},
+    {"paths": ["^/d/"]},
+]
+
+
+@pytest.mark.parametrize("rules", [SHORTCUT_RULES, SHORTCUT_RULES[:2] + SHORTCUT_RULES[3:]])
+@given(
+    path=st.sampled_from(["/a/", "/ax", "/b", "/c/", "/C/", "/d/", "/e"])
+    | st.text(alphabet="/abcdxC", max_size=8).map(lambda p: "/" + p),
+    method=st.sampled_from(["GET", "POST", "DELETE"]),
+    who=st.sampled_from([ALICE, BOB, NOBODY]),
+)
+def test_the_leading_shortcut_agrees_with_trying_every_rule(
+    rules: list[dict[str, Any]], path: str, method: str, who: Identity
+) -> None:
+    compiled = policy(*rules)
+    plain = AccessPolicy(compiled.rules)  # no shortcut: every rule tried in turn
+    assert compiled.evaluate(who, path, method) == plain.evaluate(who, path, method)
+
+
+def test_the_shortcut_is_built_only_when_the_paths_join_safely() -> None:
+    assert policy(*SHORTCUT_RULES[:2], SHORTCUT_RULES[3]).leading is not None
+    assert policy(*SHORTCUT_RULES).leading is None  # an inline flag among the leading
+    assert policy({"paths": ["^/(a)\\1"]}, {"paths": ["^/b"]}).leading is None  # a group
