@@ -70,6 +70,7 @@ def judged(response: httpx.Response, user: DemoUser, status: int, what: str) -> 
     else:
         assert "x-authentik-username" not in response.headers, what
         assert "x-authentik-username" not in response.text, what
+        assert "set-cookie" not in response.headers, what  # no session made, none ended
         assert "no-store" in response.headers.get("cache-control", "") or (
             response.headers.get("server", "").startswith("nginx")  # nginx makes its own 403
         ), what
