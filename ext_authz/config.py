@@ -501,16 +501,25 @@ class AccessRuleSettings(BaseModel):
 
     model_config = _MODEL_CONFIG
 
-    paths: tuple[str, ...] | None = None
-    methods: tuple[str, ...] | None = None
-    groups: tuple[str, ...] | None = None
-    users: tuple[str, ...] | None = None
-    emails: tuple[str, ...] | None = None
-    claims: dict[str, tuple[str, ...]] | None = None
+    paths: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    claims: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+
+    @field_validator("paths", "methods", "groups", "users", "emails", "claims")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        # Only given values are validated: a templated `groups: []` must not read as
+        # "no condition" and open the rule to everyone.
+        if not value:
+            raise ValueError("empty: leave the key out for no condition")
+        return value
 
     def spec(self) -> dict[str, Any]:
-        """The rule as plain data, for `core.access.compile_policy`."""
-        return {k: v for k, v in self.model_dump(mode="python").items() if v is not None}
+        """The rule's given conditions as plain data, for `core.access.compile_policy`."""
+        return {k: v for k, v in self.model_dump(mode="python").items() if v}
 
 
 _APP_NAME = re.compile(r"[a-z0-9-]+")
