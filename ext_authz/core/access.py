@@ -207,6 +207,8 @@ def compile_policy(
     problems: list[tuple[Loc, str]] = []
     compiled: list[AccessRule] = []
     attributes_parts = tuple(attributes_claim.split(".")) if attributes_claim else ()
+    if rules is not None and (isinstance(rules, str | Mapping) or not isinstance(rules, Iterable)):
+        raise AccessRuleError([((), "must be a list of rules")])
     for i, spec in enumerate(rules or ()):
         rule = _compile_rule(spec, (i,), attributes_parts, problems)
         if rule is not None:

@@ -131,6 +131,10 @@ def test_a_refused_session_stays_signed_in_and_its_request_never_reaches_upstrea
         if front.front_kind != "nginx":  # nginx answers its own 403 page
             assert json_refused.json() == {"error": "forbidden", "detail": "access denied"}
             assert json_refused.headers["cache-control"] == "no-store"
+        # The session's claims (the IdP's ak_proxy) meet the claim rule like a token's.
+        team = browser.get(front.url("app", "/team/x"))
+        assert team.status_code == 200
+        assert echoed(team)["x-authentik-username"] == [BOB.username]
         # Still signed in, on a path the rules allow, without signing in again.
         allowed = browser.get(front.url("app", f"/allowed-{marker}"), headers=HTML)
         assert allowed.status_code == 200

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
@@ -349,3 +349,37 @@ def test_the_shortcut_is_built_only_when_the_paths_join_safely() -> None:
     assert policy(*SHORTCUT_RULES[:2], SHORTCUT_RULES[3]).leading is not None
     assert policy(*SHORTCUT_RULES).leading is None  # an inline flag among the leading
     assert policy({"paths": ["^/(a)\\1"]}, {"paths": ["^/b"]}).leading is None  # a group
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    rules=st.lists(
+        st.dictionaries(
+            st.sampled_from(["paths", "methods", "groups", "users", "emails", "claims", "x"]),
+            _json,
+            max_size=4,
+        ),
+        max_size=3,
+    )
+    | _json
+)
+@example(rules=5)
+@example(rules="rules")
+@example(rules={"paths": ["^/"]})
+def test_compiling_any_data_answers_a_policy_or_an_access_rule_error(rules: Any) -> None:
+    try:
+        compiled = compile_policy(rules, attributes_claim=CLAIM)
+    except AccessRuleError as exc:
+        assert exc.problems and all(isinstance(loc, tuple) for loc, _ in exc.problems)
+    else:
+        for who in (ALICE, BOB, NOBODY):
+            verdict = compiled.evaluate(who, "/x", "GET")
+            assert verdict is ADMIT or 0 <= verdict < len(compiled.rules) or verdict == NO_RULE
