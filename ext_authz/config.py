@@ -586,6 +586,12 @@ class Application(BaseModel):
             )
         return values
 
+    @field_validator("access", mode="before")
+    @classmethod
+    def _access_absent(cls, value: Any) -> Any:
+        """`access:` with every rule commented out is None: no rules (SPEC §12)."""
+        return () if value is None else value
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:

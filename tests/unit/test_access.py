@@ -317,6 +317,7 @@ def test_the_application_compiles_its_rules_once() -> None:
     (rule,) = app.access_policy.rules
     assert rule.methods == frozenset({"GET"})
     assert make_app().access_policy.rules == ()
+    assert make_app(access=None).access_policy.rules == ()  # `access:` all commented out
 
 
 # --- the shortcut over the leading rules changes no verdict ---------------------------
