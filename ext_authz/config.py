@@ -44,6 +44,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ext_authz.core.access import AccessPolicy, AccessRuleError, compile_policy
 from ext_authz.core.cookies import cookie_name_for
 from ext_authz.core.upstream import additional_header_problem
 from ext_authz.crypto import token_hash_salt, token_salt_matches_key
@@ -61,6 +62,7 @@ from ext_authz.store_url import (
 
 __all__ = [
     "REDACTED",
+    "AccessRuleSettings",
     "Application",
     "BasicReceive",
     "BearerReceive",
@@ -493,6 +495,34 @@ class SendSettings(BaseModel):
         return frozenset(self.additional_headers)
 
 
+class AccessRuleSettings(BaseModel):
+    """One `applications[].access` rule (SPEC §12); compiled by `core.access`.
+
+    A key left out is no condition; an explicitly empty list is a config error."""
+
+    model_config = _MODEL_CONFIG
+
+    paths: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    claims: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+
+    @field_validator("paths", "methods", "groups", "users", "emails", "claims")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        # Only given values are validated: a templated `groups: []` must not read as
+        # "no condition" and open the rule to everyone.
+        if not value:
+            raise ValueError("empty: leave the key out for no condition")
+        return value
+
+    def spec(self) -> dict[str, Any]:
+        """The rule's given conditions as plain data, for `core.access.compile_policy`."""
+        return {k: v for k, v in self.model_dump(mode="python").items() if v}
+
+
 _APP_NAME = re.compile(r"[a-z0-9-]+")
 _NEEDS_OIDC = {"authentik", "password", "jwt", "introspection", "auto"}
 
@@ -528,6 +558,7 @@ class Application(BaseModel):
     intercept_header_auth: bool = True
     receive: ReceiveSettings = Field(default_factory=ReceiveSettings)
     send: SendSettings = Field(default_factory=SendSettings)
+    access: tuple[AccessRuleSettings, ...] = ()
 
     # Derived once, so the request path never compiles or parses.
 
@@ -559,6 +590,12 @@ class Application(BaseModel):
                 }
             )
         return values
+
+    @field_validator("access", mode="before")
+    @classmethod
+    def _access_absent(cls, value: Any) -> Any:
+        """`access:` with every rule commented out is None: no rules (SPEC §12)."""
+        return () if value is None else value
 
     @field_validator("name")
     @classmethod
@@ -655,9 +692,27 @@ class Application(BaseModel):
                         "(browsers would refuse the cookie)",
                     )
                 )
+        problems += self._access_problems()
         if problems:
             raise _problems(*problems)
         return self
+
+    def _access_problems(self) -> list[tuple[Loc, str]]:
+        try:
+            self._compile_access()
+        except AccessRuleError as exc:
+            return [(("access", *loc), msg) for loc, msg in exc.problems]
+        return []
+
+    def _compile_access(self) -> AccessPolicy:
+        attributes_claim = (
+            self.oidc.attributes_claim
+            if self.oidc is not None
+            else OIDCSettings.model_fields["attributes_claim"].default
+        )
+        return compile_policy(
+            [rule.spec() for rule in self.access], attributes_claim=attributes_claim
+        )
 
     # Derived values, computed once per (immutable) application: they are read on
     # every Check, where a pydantic private attribute would cost microseconds each.
@@ -666,6 +721,11 @@ class Application(BaseModel):
     def skip_paths(self) -> tuple[re.Pattern[str], ...]:
         """skip_path_regex, compiled; `.search()` them in the path without its query."""
         return tuple(re.compile(p) for p in self.skip_path_regex)
+
+    @cached_property
+    def access_policy(self) -> AccessPolicy:
+        """`access`, compiled (SPEC §12): judged per request after authentication."""
+        return self._compile_access()
 
     @cached_property
     def host_name(self) -> str:

@@ -11,7 +11,8 @@ what the tests check.
 - carol: in `devs` and `admins`, her own upstream attributes, and additionalHeaders
   X-Team (declared), X-Floor (not declared) and names that may never be sent.
 - application `whoami` (http://whoami.localhost:<envoy port>): no OIDC; Basic and
-  Bearer verified against the directory; `^/public/` needs no authentication.
+  Bearer verified against the directory; `^/public/` needs no authentication;
+  `^/admin/` only for group `admins` (WHOAMI_ACCESS, SPEC §12): alice and carol, not bob.
 - application `app` (http://app.localhost:<envoy port>), only with an IdP: OIDC client
   `whoami-oidc` at the IdP (client_secret_post), browser sign-in, Basic verified
   authentik-style (app passwords at the IdP), Bearer JWT/introspection.
@@ -228,11 +229,17 @@ def directory() -> dict[str, Any]:
     }
 
 
+# whoami's access rules (SPEC §12): /admin/ for admins, every other path for anyone
+# signed in, so the demo shows bob's 403 beside alice's 200.
+WHOAMI_ACCESS: list[dict[str, Any]] = [{"paths": ["^/admin/"], "groups": ["admins"]}, {}]
+
+
 def whoami_app(envoy_port: int) -> dict[str, Any]:
     return {
         "name": "whoami",
         "external_host": host_url("whoami", envoy_port),
         "skip_path_regex": ["^/public/"],
+        "access": [dict(rule) for rule in WHOAMI_ACCESS],
         "receive": {
             "basic": {"enabled": True, "verify": "directory"},
             "bearer": {"enabled": True, "verify": "directory"},
