@@ -12,14 +12,15 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import jwt
 import pytest
 
 from ext_authz.core.cookies import cookie_name_for
 from ext_authz.core.login import code_challenge
 from tests.e2e.signin import HTML, authorize_params, sign_in
-from tests.stack.demo import ALICE, BOB, OIDC_CLIENT_ID, Stack
+from tests.stack.demo import ALICE, BOB, OIDC_CLIENT_ID, OIDC_CLIENT_SECRET, Stack
 from tests.stack.echo import EchoServer
-from tests.stack.idp import IdP
+from tests.stack.idp import AUTHENTIK_CALLBACK, IdP
 from tests.stack.proc import wait_until
 from tests.stack.redis import RedisServer
 
@@ -46,7 +47,7 @@ def test_redirect_carries_pkce_nonce_state_and_redirect_uri(stack: Stack) -> Non
     params = authorize_params(response.headers["location"])
     assert params["response_type"] == "code"
     assert params["client_id"] == OIDC_CLIENT_ID
-    assert params["redirect_uri"] == stack.url("app", "/outpost.goauthentik.io/callback")
+    assert params["redirect_uri"] == stack.url("app", AUTHENTIK_CALLBACK)
     assert params["code_challenge_method"] == "S256"
     assert len(params["code_challenge"]) == 43
     assert len(params["state"]) >= 32 and len(params["nonce"]) >= 32
@@ -77,6 +78,16 @@ def test_sign_in_end_to_end_and_replay(stack: Stack) -> None:
         page = browser.get(flow.final.headers["location"], headers=HTML)
         assert page.status_code == 200
         assert "x-authentik-username" in page.text and "alice" in page.text
+        # authentik's strict redirect URI: the IdP sent the browser back to it, query
+        # kept; the tokens were HS256 with the client secret, as authentik signs them.
+        assert flow.callback_url.startswith(stack.url("app", AUTHENTIK_CALLBACK + "&"))
+        echoed = browser.get(stack.url("app", "/echo"))
+        (upstream_jwt,) = json.loads(echoed.text)["headers"]["x-authentik-jwt"]
+        assert jwt.get_unverified_header(upstream_jwt)["alg"] == "HS256"
+        claims = jwt.decode(
+            upstream_jwt, OIDC_CLIENT_SECRET, algorithms=["HS256"], audience=OIDC_CLIENT_ID
+        )
+        assert claims["sub"] == ALICE.username
 
         # Replaying the callback URL fails: the state is single use.
         replay = browser.get(flow.callback_url, headers=HTML)

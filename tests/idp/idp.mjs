@@ -226,6 +226,22 @@ provider.proxy = false;
 // ---------------------------------------------------------------------------------------
 // Tokens issued outside oidc-provider's own flows
 
+// authentik signs a proxy provider's JWT access tokens as its id_tokens: HS256 with the
+// client secret when the provider has no signing key. A client registered with an HMAC
+// id_token alg gets HMAC access tokens too; the others get RS256 with the JWKS key.
+const ACCESS_TOKEN_ALGS = new Set(['RS256', 'HS256', 'HS384', 'HS512']);
+
+function accessTokenAlg(client) {
+  return clientConfigs.get(client.clientId)?.id_token_signed_response_alg ?? 'RS256';
+}
+
+function signingFor(client, alg) {
+  if (alg.startsWith('HS')) {
+    return { header: { alg, typ: 'JWT' }, key: new TextEncoder().encode(client.clientSecret) };
+  }
+  return { header: { alg, kid, typ: 'JWT' }, key: privateKey };
+}
+
 // JWT access token -> the opaque AccessToken saved with it, so introspection accepts the
 // JWT too (oidc-provider refuses to introspect structured tokens itself).
 const jwtToOpaque = new Map();
@@ -236,7 +252,7 @@ function rememberJwt(jwt, opaque, exp) {
   jwtToOpaque.set(jwt, { opaque, exp });
 }
 
-async function issueAccessTokens(client, user, scopes, gty) {
+async function issueAccessTokens(client, user, scopes, gty, alg = accessTokenAlg(client)) {
   const scope = scopes.join(' ');
   // A Grant makes the opaque token usable at userinfo as well as at introspection.
   const grant = new provider.Grant({ accountId: user.username, clientId: client.clientId });
@@ -253,20 +269,21 @@ async function issueAccessTokens(client, user, scopes, gty) {
   const opaque = await at.save();
   const now = Math.floor(Date.now() / 1000);
   const exp = now + accessTokenTtl;
+  const signing = signingFor(client, alg);
   const jwt = await new SignJWT({
     ...claimsForScopes(user, scopes),
     scope,
     azp: client.clientId,
     client_id: client.clientId,
   })
-    .setProtectedHeader({ alg: 'RS256', kid, typ: 'JWT' })
+    .setProtectedHeader(signing.header)
     .setIssuer(issuer)
     .setAudience(client.clientId)
     .setSubject(user.username)
     .setIssuedAt(now)
     .setExpirationTime(exp)
     .setJti(randomBytes(16).toString('hex'))
-    .sign(privateKey);
+    .sign(signing.key);
   rememberJwt(jwt, opaque, exp);
   return { opaque, jwt, exp };
 }
@@ -511,13 +528,15 @@ provider.use(async function testRoutes(ctx, next) {
     const client = body.client_id ? await provider.Client.find(String(body.client_id)) : undefined;
     const user = users.get(String(body.username));
     const format = body.format ?? 'opaque';
-    if (!client || !user || !['opaque', 'jwt'].includes(format)) {
+    // `alg`: the JWT's signature, by default the client's (see accessTokenAlg).
+    const alg = body.alg ?? (client ? accessTokenAlg(client) : 'RS256');
+    if (!client || !user || !['opaque', 'jwt'].includes(format) || !ACCESS_TOKEN_ALGS.has(alg)) {
       ctx.status = 400;
-      ctx.body = { error: 'invalid_request', error_description: 'unknown client_id, username or format' };
+      ctx.body = { error: 'invalid_request', error_description: 'unknown client_id, username, format or alg' };
       return;
     }
     const scopes = grantScopes(body.scope ?? 'openid profile email ak_proxy');
-    const { opaque, jwt } = await issueAccessTokens(client, user, scopes, 'test_mint');
+    const { opaque, jwt } = await issueAccessTokens(client, user, scopes, 'test_mint', alg);
     ctx.body = { access_token: format === 'jwt' ? jwt : opaque, token_type: 'Bearer', expires_in: accessTokenTtl };
     return;
   }

@@ -315,6 +315,43 @@ def test_hs256_id_token(idp: IdP) -> None:
     assert claims["ak_proxy"]["user_attributes"] == EXPECTED_ATTRIBUTES
 
 
+def test_hs256_client_gets_hs256_access_tokens(idp: IdP) -> None:
+    # As authentik signs a proxy provider's access tokens: HS256 with the client secret.
+    r = httpx.post(
+        idp.token_endpoint,
+        data=_cc_form(HS_CLIENT, "alice", "alice-app-password-1", "client_credentials"),
+    )
+    assert r.status_code == 200, r.text
+    for token in (r.json()["access_token"], idp.mint_access_token("hs-app", "alice", fmt="jwt")):
+        header = jwt.get_unverified_header(token)
+        assert header["alg"] == "HS256" and "kid" not in header
+        claims = jwt.decode(
+            token,
+            HS_CLIENT.client_secret,
+            algorithms=["HS256"],
+            audience=HS_CLIENT.client_id,
+            issuer=idp.issuer,
+        )
+        assert claims["sub"] == "alice"
+    # `alg` overrides the client's default, both ways.
+    rs = idp.mint_access_token("hs-app", "alice", fmt="jwt", alg="RS256")
+    assert _verify_rs256(idp, rs, HS_CLIENT.client_id)["sub"] == "alice"
+    hs = idp.mint_access_token(POST_CLIENT.client_id, "alice", fmt="jwt", alg="HS256")
+    assert (
+        jwt.decode(
+            hs, POST_CLIENT.client_secret, algorithms=["HS256"], audience=POST_CLIENT.client_id
+        )["sub"]
+        == "alice"
+    )
+    with pytest.raises(IdPError):
+        idp.mint_access_token("hs-app", "alice", fmt="jwt", alg="none")
+
+
+def test_discovery_lists_hs256_for_id_tokens(idp: IdP) -> None:
+    doc = httpx.get(idp.discovery_url).json()
+    assert set(doc["id_token_signing_alg_values_supported"]) == {"RS256", "HS256"}
+
+
 def _pkce() -> tuple[str, str]:
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")

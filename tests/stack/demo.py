@@ -35,7 +35,7 @@ from tests.stack.caddy import Caddy
 from tests.stack.echo import EchoServer
 from tests.stack.envoy import HTTP_TEMPLATE, Envoy
 from tests.stack.extauthz import ExtAuthz
-from tests.stack.idp import IdP, IdPClient, IdPUser
+from tests.stack.idp import IdP, IdPClient, IdPUser, proxy_provider_client
 from tests.stack.nginx import API_401_TEMPLATE, BROWSER_TEMPLATE, Nginx
 from tests.stack.proc import START_BOUND, free_port
 from tests.stack.redis import RedisServer
@@ -109,7 +109,6 @@ BOB_STATIC_TOKEN = "bob-static-token"
 
 OIDC_CLIENT_ID = "whoami-oidc"
 OIDC_CLIENT_SECRET = "whoami-oidc-client-secret-0123456789abcdef"  # >= 32 chars
-CALLBACK_PATH = "/outpost.goauthentik.io/callback"
 OTHER_CLIENT_ID = "other-oidc"
 OTHER_CLIENT_SECRET = "other-oidc-client-secret-0123456789abcdef"
 
@@ -144,20 +143,17 @@ def idp_clients(
     if shared_domain:  # the cookie_domain browser test serves `app` as app.example.test
         hosts += [shared_domain_url(p) for p in envoy_ports]
     hosts += list(extra_hosts)
+    # Both are authentik proxy providers: strict redirect URIs, HS256 tokens.
     return [
-        IdPClient(
-            client_id=OIDC_CLIENT_ID,
-            client_secret=OIDC_CLIENT_SECRET,
-            redirect_uris=[host + CALLBACK_PATH for host in hosts],
+        proxy_provider_client(
+            OIDC_CLIENT_ID,
+            OIDC_CLIENT_SECRET,
+            hosts,
             post_logout_redirect_uris=hosts,
             token_endpoint_auth_method="client_secret_post",
         ),
         # Another application's client: its tokens must not open `app` (audience).
-        IdPClient(
-            client_id=OTHER_CLIENT_ID,
-            client_secret=OTHER_CLIENT_SECRET,
-            redirect_uris=["http://other.localhost/outpost.goauthentik.io/callback"],
-        ),
+        proxy_provider_client(OTHER_CLIENT_ID, OTHER_CLIENT_SECRET, ["http://other.localhost"]),
     ]
 
 
