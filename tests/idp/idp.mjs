@@ -80,7 +80,8 @@ const clients = (config.clients ?? []).map((c) => {
 // Identity claims, shaped like authentik's scope mappings.
 
 const SCOPE_CLAIMS = {
-  openid: ['sub'],
+  // `sid` only in id_tokens of the browser sign-in (see findAccount).
+  openid: ['sub', 'sid'],
   profile: ['name', 'given_name', 'preferred_username', 'nickname', 'groups', 'entitlements'],
   email: ['email', 'email_verified'],
   ak_proxy: ['ak_proxy'],
@@ -117,7 +118,9 @@ function claimsForScopes(user, scopes) {
   const all = allClaims(user);
   const out = { sub: all.sub };
   for (const scope of scopes) {
-    for (const claim of SCOPE_CLAIMS[scope] ?? []) out[claim] = all[claim];
+    for (const claim of SCOPE_CLAIMS[scope] ?? []) {
+      if (all[claim] !== undefined) out[claim] = all[claim];
+    }
   }
   return out;
 }
@@ -149,6 +152,17 @@ function matchesAny(candidates, presented) {
 if (config.hang_once_file && existsSync(config.hang_once_file)) {
   unlinkSync(config.hang_once_file);
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// The IdP sessions (sids) each user's id_tokens named, in order, for GET /_test/sids.
+
+const sidsByUser = new Map();
+
+function rememberSid(username, sid) {
+  const known = sidsByUser.get(username) ?? [];
+  if (!known.includes(sid)) known.push(sid);
+  sidsByUser.set(username, known.slice(-100));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -197,13 +211,26 @@ const provider = new Provider(issuer, {
       },
     },
   },
-  async findAccount(ctx, id) {
+  async findAccount(ctx, id, token) {
     const user = users.get(id);
     if (!user) return undefined;
+    // authentik's id_token `sid`: a hash of its session's key, one per browser session
+    // at the IdP and the same for every application signed in from it (SESSION_END
+    // names it). Here: a hash of oidc-provider's session uid, which the authorization
+    // code carries to the token endpoint.
+    const sessionUid = token?.sessionUid ?? ctx?.oidc?.session?.uid;
+    const sid = sessionUid
+      ? createHash('sha256').update(`sid\0${sessionUid}`, 'utf8').digest('hex')
+      : undefined;
     return {
       accountId: id,
-      async claims() {
-        return allClaims(user);
+      async claims(use) {
+        const claims = allClaims(user);
+        if (sid && use === 'id_token') {
+          claims.sid = sid;
+          rememberSid(id, sid);
+        }
+        return claims;
       },
     };
   },
@@ -485,6 +512,10 @@ provider.use(async function testRoutes(ctx, next) {
   ctx.set('Cache-Control', 'no-store');
   if (ctx.method === 'GET' && ctx.path === '/_test/stats') {
     ctx.body = stats;
+    return;
+  }
+  if (ctx.method === 'GET' && ctx.path === '/_test/sids') {
+    ctx.body = { sids: sidsByUser.get(String(ctx.query.username ?? '')) ?? [] };
     return;
   }
   if (ctx.path === '/_test/delay' && ctx.method === 'GET') {

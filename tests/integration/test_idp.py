@@ -313,6 +313,7 @@ def test_hs256_id_token(idp: IdP) -> None:
     )
     assert claims["sub"] == "alice"
     assert claims["ak_proxy"]["user_attributes"] == EXPECTED_ATTRIBUTES
+    assert "sid" not in claims  # no browser session behind this grant
 
 
 def test_hs256_client_gets_hs256_access_tokens(idp: IdP) -> None:
@@ -430,6 +431,10 @@ def test_browser_flow_pkce_and_logout(idp: IdP) -> None:
         claims = _verify_rs256(idp, body["id_token"], POST_CLIENT.client_id)
         assert claims["sub"] == "alice"
         assert claims["nonce"] == nonce
+        # authentik's `sid`: the IdP session, which SESSION_END names; the test route
+        # tells it, and userinfo and the access token do not carry it.
+        assert re.fullmatch(r"[0-9a-f]{64}", claims["sid"]), claims
+        assert idp.sids("alice")[-1] == claims["sid"]
         assert claims["groups"] == ["zeta", "admins"]
         assert claims["ak_proxy"]["user_attributes"] == EXPECTED_ATTRIBUTES
 
@@ -442,7 +447,7 @@ def test_browser_flow_pkce_and_logout(idp: IdP) -> None:
         info = httpx.get(
             idp.userinfo_endpoint, headers={"Authorization": f"Bearer {body['access_token']}"}
         ).json()
-        assert info["preferred_username"] == "alice"
+        assert info["preferred_username"] == "alice" and "sid" not in info
 
         # RP-initiated logout back to the registered post_logout_redirect_uri.
         logout = browser.get(

@@ -288,6 +288,14 @@ class IdP:
         if r.status_code != 200:
             raise IdPError(f"delay failed: HTTP {r.status_code} {r.text}")
 
+    def sids(self, username: str) -> list[str]:
+        """The IdP sessions (`sid` claims) of `username`'s browser sign-ins so far, oldest
+        first: what authentik's SESSION_END would name to end them."""
+        r = httpx.get(f"{self.issuer}/_test/sids", params={"username": username}, timeout=5.0)
+        if r.status_code != 200:
+            raise IdPError(f"sids failed: HTTP {r.status_code} {r.text}")
+        return [str(s) for s in r.json()["sids"]]
+
     def mint_access_token(
         self,
         client_id: str,
