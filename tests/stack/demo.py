@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -525,11 +525,15 @@ def private_idp_stack(
     name: str,
     replicas: int = 1,
     config_overrides: dict[str, Any] | None = None,
+    id_token_alg: str | None = None,
 ) -> Iterator[tuple[Stack, IdP]]:
     """A stack with an IdP of its own (and a key prefix of its own), for tests that
-    stop the IdP without hurting the rest of the session."""
+    stop the IdP without hurting the rest of the session. `id_token_alg` re-registers
+    the clients with another signature (RS256: an IdP whose tokens need its JWKS)."""
     port = free_port()
     idp = build_idp(Path(workdir) / f"{name}-idp", [port])
+    if id_token_alg is not None:
+        idp.clients = [replace(c, id_token_signed_response_alg=id_token_alg) for c in idp.clients]
     idp.start()
     stack = Stack(
         workdir=Path(workdir) / name,
