@@ -22,21 +22,23 @@ import jwt
 import pytest
 
 from tests.integration.idp_world import ALICE, EXPECTED_ATTRIBUTES, GROUPS, HS_CLIENT
-from tests.stack.idp import IdP, IdPClient, IdPError, IdPStartHung
+from tests.stack.idp import AUTHENTIK_CALLBACK, IdP, IdPClient, IdPError, IdPStartHung
 from tests.stack.proc import START_BOUND
 
 pytestmark = pytest.mark.integration
 
+# RS256 clients (a generic OIDC IdP's), with authentik's redirect URI: the browser flow
+# below shows the IdP keeps its query and appends code and state.
 POST_CLIENT = IdPClient(
     client_id="whoami",
     client_secret="whoami-secret-0123456789abcdef0123456789",
-    redirect_uris=["http://whoami.localhost:8080/outpost.goauthentik.io/callback"],
+    redirect_uris=["http://whoami.localhost:8080" + AUTHENTIK_CALLBACK],
     post_logout_redirect_uris=["http://whoami.localhost:8080"],
 )
 BASIC_CLIENT = IdPClient(
     client_id="basic-app",
     client_secret="basic-secret-0123456789abcdef0123456789",
-    redirect_uris=["http://basic.localhost:8080/outpost.goauthentik.io/callback"],
+    redirect_uris=["http://basic.localhost:8080" + AUTHENTIK_CALLBACK],
     token_endpoint_auth_method="client_secret_basic",
 )
 
@@ -412,6 +414,7 @@ def test_browser_flow_pkce_and_logout(idp: IdP) -> None:
         callback = _follow_to_interaction(browser, urljoin(consent_url, r.headers["location"]))
         assert callback.startswith(redirect_uri)
         params = parse_qs(urlsplit(callback).query)
+        assert params["X-authentik-auth-callback"] == ["true"]
         assert params["state"] == [state]
         assert params["iss"] == [idp.issuer]
 

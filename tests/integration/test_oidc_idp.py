@@ -22,20 +22,20 @@ from ext_authz.config import OIDCSettings
 from ext_authz.core.model import Rejected, Unavailable, Verified
 from tests.integration.idp_world import ALICE, EXPECTED_ATTRIBUTES, GROUPS
 from tests.integration.idp_world import HS_CLIENT as HS
-from tests.stack.idp import IdP, IdPClient
+from tests.stack.idp import AUTHENTIK_CALLBACK, IdP, IdPClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 POST = IdPClient(
     client_id="whoami",
     client_secret="whoami-secret-0123456789abcdef0123456789",
-    redirect_uris=["http://whoami.localhost:8080/outpost.goauthentik.io/callback"],
+    redirect_uris=["http://whoami.localhost:8080" + AUTHENTIK_CALLBACK],
 )
 BASIC = IdPClient(
     client_id="basic-app",
     # Characters that RFC 6749 §2.3.1's form-urlencoding must escape inside Basic auth.
     client_secret="basic secret:with+odd/chars%0123456789abcdef",
-    redirect_uris=["http://basic.localhost:8080/outpost.goauthentik.io/callback"],
+    redirect_uris=["http://basic.localhost:8080" + AUTHENTIK_CALLBACK],
     token_endpoint_auth_method="client_secret_basic",
 )
 CLIENTS = {c.client_id: c for c in (POST, BASIC, HS)}
