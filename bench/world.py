@@ -270,7 +270,12 @@ class World:
     def _token(self, fmt: str) -> str:
         if fmt not in self._creds:
             assert self.idp is not None
-            self._creds[fmt] = self.idp.mint_access_token(OIDC_CLIENT_ID, USER.username, fmt=fmt)
+            # RS256 on purpose (the demo client signs HS256, as authentik does): the
+            # rows compare with Envoy's jwt_authn, which verifies against the JWKS.
+            alg = "RS256" if fmt == "jwt" else None
+            self._creds[fmt] = self.idp.mint_access_token(
+                OIDC_CLIENT_ID, USER.username, fmt=fmt, alg=alg
+            )
         return self._creds[fmt]
 
     def _cookie(self, host: str = "app") -> str:

@@ -89,6 +89,8 @@ __all__ = [
 ]
 
 CALLBACK_PATH = "/outpost.goauthentik.io/callback"
+# authentik registers, and strictly matches, this query on a proxy provider's redirect URI.
+CALLBACK_QUERY = "X-authentik-auth-callback=true"
 MIN_SECRET_BYTES = 32
 
 # hide_input_in_errors: a ValidationError printed by a caller who built a model by hand
@@ -751,7 +753,9 @@ class Application(BaseModel):
 
     @cached_property
     def redirect_uri(self) -> str:
-        return self.external_host.rstrip("/") + CALLBACK_PATH
+        """authentik's redirect URI of a proxy provider (SPEC §6), byte for byte: sent in
+        the authorize request and again at the code exchange."""
+        return self.external_host.rstrip("/") + CALLBACK_PATH + "?" + CALLBACK_QUERY
 
     @cached_property
     def cookie_name(self) -> str:

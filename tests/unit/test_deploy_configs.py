@@ -977,9 +977,12 @@ def test_compose_applications_and_issuer(
     (registered,) = [c for c in idp_json["clients"] if c["client_id"] == client["client_id"]]
     assert registered["client_secret"] == secret.group(1)
     assert registered["token_endpoint_auth_method"] == client["client_auth"]
+    # authentik's strict redirect URI of a proxy provider, and its HS256 signature.
     assert registered["redirect_uris"] == [
-        apps["app"]["external_host"] + "/outpost.goauthentik.io/callback"
+        apps["app"]["external_host"]
+        + "/outpost.goauthentik.io/callback?X-authentik-auth-callback=true"
     ]
+    assert registered["id_token_signed_response_alg"] == "HS256"
 
 
 def test_compose_world_is_the_demo_world(
