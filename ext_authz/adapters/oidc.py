@@ -172,6 +172,19 @@ class OIDCClient:
             return self._discovery
 
     async def _load_discovery(self) -> Discovery:
+        given = self._settings.endpoints
+        if given is not None:
+            # As given (SPEC §11: an authentik provider's oidc_configuration): no request.
+            return Discovery(
+                issuer=self._settings.issuer,
+                authorization_endpoint=given.authorization_endpoint,
+                token_endpoint=given.token_endpoint,
+                jwks_uri=given.jwks_uri,
+                userinfo_endpoint=given.userinfo_endpoint or None,
+                introspection_endpoint=given.introspection_endpoint or None,
+                end_session_endpoint=given.end_session_endpoint or None,
+                id_token_signing_alg_values_supported=given.id_token_signing_alg_values_supported,
+            )
         issuer = self._settings.issuer.rstrip("/")
         url = f"{issuer}/.well-known/openid-configuration"
         status, doc = await self._call("discovery", "GET", url)
@@ -202,6 +215,8 @@ class OIDCClient:
 
     async def _fetch_jwks(self) -> Mapping[str, Any]:
         d = await self.discovery()
+        if not d.jwks_uri:
+            raise IdPUnavailable("jwks: the IdP names no jwks_uri")
         status, doc = await self._call("jwks", "GET", d.jwks_uri)
         if status != 200:
             raise IdPUnavailable(f"jwks: HTTP {status}")
@@ -544,13 +559,14 @@ class OIDCClient:
         Timeouts, connection errors, 5xx, 408/429 and a 2xx without a JSON object
         raise IdPUnavailable; a 4xx without JSON comes back as an empty mapping.
         """
+        sent = {"Accept": "application/json", **(headers or {})}
+        if self._settings.backchannel_host:
+            # The IdP reached by one name and known to browsers by another (authentik's
+            # host_browser): it sees the browsers' host, so its issuer matches.
+            sent["Host"] = self._settings.backchannel_host
         try:
             response = await self._http.request(
-                method,
-                url,
-                data=data,
-                headers={"Accept": "application/json", **(headers or {})},
-                timeout=self._settings.timeout,
+                method, url, data=data, headers=sent, timeout=self._settings.timeout
             )
         except httpx.TimeoutException as exc:
             self._note(endpoint, "error")

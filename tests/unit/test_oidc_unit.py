@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 import httpx
 import jwt
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
 from ext_authz.adapters.oidc import OIDCClient, TokenError
-from ext_authz.config import OIDCSettings
+from ext_authz.config import OIDCEndpoints, OIDCSettings
 from ext_authz.core.model import Rejected, Unavailable, Verified
 from ext_authz.errors import IdPUnavailable
 
@@ -810,3 +810,52 @@ async def test_every_idp_call_of_a_verification_shares_one_deadline(
     # Nothing sticks: with the IdP fast again, the same client verifies.
     client._http = httpx.AsyncClient(transport=httpx.MockTransport(idp))  # type: ignore[attr-defined]
     assert isinstance(await client.verify_app_password("alice", "pw"), Verified)
+
+
+# --- endpoints given instead of discovered (SPEC §11) ------------------------------------
+
+
+def given_client(idp: FakeIdP, *, backchannel_host: str = "", jwks: bool = False) -> OIDCClient:
+    settings = OIDCSettings(
+        issuer=ISSUER,
+        client_id=CLIENT,
+        client_secret=SecretStr(SECRET),
+        endpoints=OIDCEndpoints(
+            authorization_endpoint="https://browser.example.com/authorize",
+            token_endpoint=f"{BASE}/token",
+            jwks_uri=f"{BASE}/jwks" if jwks else "",
+            userinfo_endpoint=f"{BASE}/userinfo",
+            end_session_endpoint="https://browser.example.com/end-session",
+            id_token_signing_alg_values_supported=("HS256",),
+        ),
+        backchannel_host=backchannel_host,
+    )
+    return OIDCClient(settings, httpx.AsyncClient(transport=httpx.MockTransport(idp)))
+
+
+async def test_given_endpoints_are_used_without_a_discovery_request(idp: FakeIdP) -> None:
+    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+    idp.token = lambda r: httpx.Response(200, json={"access_token": "at", "id_token": token})
+    client = given_client(idp)
+    d = await client.discovery()
+    assert (
+        d.issuer == ISSUER and d.authorization_endpoint == "https://browser.example.com/authorize"
+    )
+    assert d.hmac_algorithms == {"HS256"}
+    outcome = await client.verify_app_password("alice", "pw")
+    assert isinstance(outcome, Verified)
+    assert idp.calls["openid-configuration"] == 0 and idp.calls["jwks"] == 0
+    # An asymmetric token with no jwks_uri given cannot be verified: unavailable, not allowed.
+    idp.token = lambda r: httpx.Response(
+        200, json={"access_token": "at", "id_token": rs256(claims())}
+    )
+    assert isinstance(await given_client(idp).verify_app_password("alice", "pw"), Unavailable)
+
+
+async def test_backchannel_requests_carry_the_browser_host(idp: FakeIdP) -> None:
+    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+    idp.token = lambda r: httpx.Response(200, json={"access_token": "at", "id_token": token})
+    await given_client(idp, backchannel_host="authentik.example.com").verify_app_password("a", "b")
+    assert idp.last("token").headers["host"] == "authentik.example.com"
+    await given_client(idp).verify_app_password("a", "b")
+    assert idp.last("token").headers["host"] == urlsplit(BASE).netloc
