@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import httpx
 
+from ext_authz.adapters.authentik import AuthentikClient, OutpostLink
 from ext_authz.adapters.directory import DirectoryVerifier
 from ext_authz.adapters.oidc import OIDCClient
 from ext_authz.adapters.store_factory import open_store
@@ -24,13 +26,14 @@ from ext_authz.errors import IdPUnavailable, StoreUnavailable
 from ext_authz.hash_pool import HashPool
 from ext_authz.logs import event
 from ext_authz.metrics import Metrics
+from ext_authz.outpost import Composer, Outpost
 from ext_authz.service import AppRuntime, BasicVerifier, BearerVerifier, CheckService
 from ext_authz.sessions import CredentialCache, LoginStateRepository, SessionRepository
 from ext_authz.table import AppTable, TableHolder
 from ext_authz.throttle import Throttle
 
 if TYPE_CHECKING:
-    from ext_authz.config import Application, Settings
+    from ext_authz.config import Application, AuthentikSettings, Settings
     from ext_authz.ports import ByteStore
 
 __all__ = ["Components", "TableBuilder", "build"]
@@ -131,6 +134,12 @@ class Components:
     settings: Settings
     sessions: SessionRepository | None = None
     hash_pool: HashPool | None = None
+    # An authentik outpost (SPEC §11): the refresh orchestration, the API client, the
+    # websocket, and the tasks running them once started.
+    outpost: Outpost | None = None
+    authentik: AuthentikClient | None = None
+    link: OutpostLink | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def oidc_clients(self) -> dict[str, OIDCClient]:
@@ -138,11 +147,26 @@ class Components:
         return {name: rt.oidc for name, rt in self.tables.current.runtimes.items() if rt.oidc}
 
     async def start(self) -> None:
-        """Background work that needs a running loop (invalidation listener)."""
+        """Background work that needs a running loop (invalidation listener; with
+        authentik, the refreshes and the websocket)."""
         if self.sessions is not None:
             # The store adapter re-subscribes by itself once the store is back.
             with contextlib.suppress(StoreUnavailable):
                 await self.sessions.start_invalidation_listener()
+        if self.outpost is not None:
+            self._tasks.append(asyncio.ensure_future(self.outpost.run()))
+        if self.link is not None:
+            self._tasks.append(asyncio.ensure_future(self.link.run()))
+
+    def _install(
+        self, applications: Sequence[Application], sources: Mapping[str, int], fetched_at: float
+    ) -> AppTable:
+        """The outpost's install step: a table of these applications, swapped in."""
+        table = self.builder.build(
+            applications, self.settings.directory, sources=sources, built_at=fetched_at
+        )
+        self.tables.swap(table)
+        return table
 
     def reload(self, settings: Settings) -> AppTable:
         """SIGHUP: a new table from re-read settings, swapped in at once (SPEC §11).
@@ -154,12 +178,26 @@ class Components:
             for key in ("server", "store", "secret")
             if getattr(settings, key) != getattr(self.settings, key)
         ]
+        if settings.authentik != self.settings.authentik:
+            needs_restart.append("authentik")
         if needs_restart:
             event(logging.WARNING, "reload: restart to apply", keys=needs_restart)
+        self.settings = settings
+        if self.outpost is not None:
+            # The providers last seen, with the new local settings, at once; then a
+            # refresh from authentik.
+            self.outpost.recompose(Composer(settings.applications, settings.provider_settings))
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing to refresh
+                task = asyncio.get_running_loop().create_task(self._refresh())
+                self._tasks.append(task)
+            return self.tables.current
         table = self.builder.build(settings.applications, settings.directory)
         self.tables.swap(table)
-        self.settings = settings
         return table
+
+    async def _refresh(self) -> None:
+        if self.outpost is not None:
+            await self.outpost.refresh()
 
     async def readiness(self) -> dict[str, str]:
         """Problems by component; empty when ready (store reachable, discovery loaded)."""
@@ -168,6 +206,10 @@ class Components:
             await self.store.ping()
         except StoreUnavailable as exc:
             problems["store"] = str(exc) or "unavailable"
+        if self.outpost is not None:
+            problem = self.outpost.readiness_problem()
+            if problem is not None:
+                problems["authentik"] = problem
         for name, client in self.oidc_clients.items():
             try:
                 await asyncio.wait_for(client.discovery(), timeout=5)
@@ -182,6 +224,15 @@ class Components:
             self.hash_pool.drain(asyncio.get_running_loop().time() + grace)
 
     async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.link is not None:
+            await self.link.close()
+        if self.authentik is not None:
+            await self.authentik.close()
         await self.store.close()
         await self.http.aclose()
         if self.hash_pool is not None:
@@ -214,7 +265,7 @@ def build(settings: Settings, metrics: Metrics) -> Components:
         metrics=metrics,
         throttle=Throttle(store, secret=secret, metrics=metrics),
     )
-    return Components(
+    components = Components(
         service=service,
         store=store,
         http=http,
@@ -223,6 +274,54 @@ def build(settings: Settings, metrics: Metrics) -> Components:
         settings=settings,
         sessions=sessions,
         hash_pool=hash_pool,
+    )
+    if settings.authentik is not None:
+        _outpost(components, settings.authentik, metrics, secret)
+    return components
+
+
+def _outpost(
+    components: Components, settings: AuthentikSettings, metrics: Metrics, secret: bytes
+) -> None:
+    """An authentik outpost (SPEC §11): applications from the outpost's providers."""
+    client = AuthentikClient(settings)
+    sessions = components.sessions
+    outpost = Outpost(
+        fetch=client.fetch,
+        compose=Composer(components.settings.applications, components.settings.provider_settings),
+        install=components._install,
+        store=components.store,
+        secret=secret,
+        host=settings.host,
+        metrics=metrics,
+        interval=settings.refresh_interval,
+    )
+
+    async def outpost_pk() -> str:
+        info = client.outpost_info
+        return info.pk if info is not None else (await client.outpost()).pk
+
+    async def session_end(sid: str) -> None:
+        # Signing out of authentik ends that authentik session's sessions here too, on
+        # every replica (the sid is an identifier of a user's session: not logged).
+        if sessions is None:
+            return
+        try:
+            ended = await sessions.end_all_for_sid(sid)
+        except StoreUnavailable:
+            event(logging.WARNING, "store unavailable", operation="session_end_sid")
+            return
+        event(logging.INFO, "authentik session ended", sessions=ended)
+
+    components.outpost = outpost
+    components.authentik = client
+    components.link = OutpostLink(
+        settings,
+        outpost_pk,
+        on_update=outpost.refresh,
+        on_session_end=session_end,
+        instance_uuid=str(uuid.uuid4()),
+        on_state=lambda up: metrics.authentik_connected.set(1 if up else 0),
     )
 
 

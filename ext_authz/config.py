@@ -90,6 +90,7 @@ __all__ = [
     "parse_store_url",
     "redact_store_url",
     "redacted",
+    "redacted_application",
     "settings_from_environment",
     "validate_application",
 ]
@@ -1295,6 +1296,15 @@ def redacted(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="python")
     data["store"]["url"] = redact_store_url(settings.store.url)
     result = _scrub(data, sensitive, in_attributes=False)
+    assert isinstance(result, dict)
+    return result
+
+
+def redacted_application(app: Application) -> dict[str, Any]:
+    """One application's effective settings as plain data, secrets redacted (an
+    outpost's check-config prints the applications authentik's providers become)."""
+    sensitive = {app.send.basic.password_attribute} - {""}
+    result = _scrub(app.model_dump(mode="python"), sensitive, in_attributes=False)
     assert isinstance(result, dict)
     return result
 
