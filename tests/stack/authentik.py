@@ -277,9 +277,12 @@ class TestAuthentik:
         asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=15)
 
     def up(self) -> None:
+        """Reachable again (a no-op when it is)."""
         loop = self._loop
         if loop is None:
             raise RuntimeError("not started")
+        if self._server is not None:
+            return
         asyncio.run_coroutine_threadsafe(self._serve(), loop).result(timeout=15)
 
     def stop(self) -> None:
