@@ -3,6 +3,7 @@ and the `make run` orchestration itself."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -185,7 +186,7 @@ def test_make_run_orchestration(tmp_path: Path) -> None:
     """`make run` is `python -m tests.stack`: bring it up on free ports and use it."""
     # Every listener's port given and checked free: `--port + 1` and `+ 2` (make run's
     # defaults for nginx and Caddy) were once taken by another socket.
-    port, admin, nginx_port, caddy_port = reserve_ports(4)
+    port, admin, nginx_port, caddy_port, outpost_port = reserve_ports(5)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [
@@ -200,6 +201,8 @@ def test_make_run_orchestration(tmp_path: Path) -> None:
             str(nginx_port),
             "--caddy-port",
             str(caddy_port),
+            "--outpost-port",
+            str(outpost_port),
             "--workdir",
             str(tmp_path),
         ],
@@ -248,6 +251,15 @@ def test_make_run_orchestration(tmp_path: Path) -> None:
                 )
                 assert fronted.status_code == 200, (host, fronted.status_code, fronted.text)
                 assert json.loads(fronted.text)["headers"]["x-authentik-username"] == ["alice"]
+            # The outpost mode (SPEC §11): the test authentik's provider, Basic sent on.
+            assert f"http://ak-app.localhost:{outpost_port}/" in banner
+            outpost = client.get(
+                f"http://ak-app.localhost:{outpost_port}/",
+                headers={"Authorization": basic(ALICE.username, ALICE.app_password)},
+            )
+            assert outpost.status_code == 200, outpost.text
+            sent = json.loads(outpost.text)["headers"]
+            assert sent["authorization"] == ["Basic " + base64.b64encode(b"admin:s3cret").decode()]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

@@ -11,6 +11,11 @@ Ctrl-C or SIGTERM, then stops everything. The same launchers and configs the tes
 Browser sign-in behind nginx and Caddy uses applications `app-nginx` and `app-caddy`
 (the same OIDC client as `app`, on host names of their own, so each front's session
 cookie stays with its own host).
+
+With the IdP, the outpost mode of SPEC §11 runs beside it: the test authentik
+(tests/stack/authentik.py) with one proxy provider `ak-app`, a second ext-authz started
+with only AUTHENTIK_HOST and AUTHENTIK_TOKEN, and a second Envoy on --outpost-port
+(--port + 3) asking it.
 """
 
 from __future__ import annotations
@@ -24,24 +29,99 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+import httpx
+
+from tests.stack.authentik import TestAuthentik, fetch_discovery, oidc_configuration, proxy_provider
 from tests.stack.caddy import Caddy
 from tests.stack.demo import (
     ALICE,
     BOB,
     BOB_STATIC_TOKEN,
     OIDC_CLIENT_ID,
+    OIDC_CLIENT_SECRET,
     Stack,
     build_idp,
     host_url,
     oidc_app,
 )
 from tests.stack.echo import EchoServer
+from tests.stack.envoy import Envoy
+from tests.stack.extauthz import ExtAuthz
 from tests.stack.idp import IDP_DIR, IdP
 from tests.stack.nginx import Nginx
-from tests.stack.proc import ManagedProcess, stop_all
+from tests.stack.proc import START_BOUND, ManagedProcess, stop_all, wait_until
 
 # The forward-auth fronts: (name, application of their own for browser sign-in).
 FRONT_APPS = (("nginx", "app-nginx"), ("caddy", "app-caddy"))
+# The outpost demo (SPEC §11): the test authentik's token, and its one provider.
+OUTPOST_TOKEN = "demo-outpost-token-not-for-production-0123456789"
+OUTPOST_APP = "ak-app"
+
+
+def start_outpost(
+    workdir: Path, idp: IdP, echo: EchoServer, port: int
+) -> tuple[TestAuthentik, ExtAuthz, Envoy]:
+    """The test authentik with one provider, an ext-authz started from the two
+    variables alone, and an Envoy on `port` asking it."""
+    authentik = TestAuthentik(OUTPOST_TOKEN).start()
+    authentik.set_providers(
+        [
+            proxy_provider(
+                1,
+                OUTPOST_APP,
+                host_url(OUTPOST_APP, port),
+                client_id=OIDC_CLIENT_ID,
+                client_secret=OIDC_CLIENT_SECRET,
+                oidc=oidc_configuration(fetch_discovery(idp.issuer)),
+                skip_path_regex="^/public/",
+                basic_auth_enabled=True,
+                basic_auth_user_attribute="app_username",
+                basic_auth_password_attribute="app_password",
+            )
+        ]
+    )
+    outpost = ExtAuthz(
+        {},
+        workdir,
+        name="demo-outpost",
+        config_file=False,
+        env={"AUTHENTIK_HOST": authentik.url, "AUTHENTIK_TOKEN": OUTPOST_TOKEN},
+    )
+    try:
+        outpost.start()
+        # Serving as soon as gRPC is up; ready once the providers are in its table.
+        wait_until(
+            lambda: httpx.get(f"{outpost.http_url}/readyz", timeout=5).status_code == 200,
+            START_BOUND,
+            "the outpost ready with the test authentik's providers",
+            outpost.process,
+        )
+        envoy = Envoy(
+            listen_port=port,
+            ext_authz_ports=[outpost.port],
+            echo_port=echo.port,
+            workdir=workdir,
+            name="demo-outpost-envoy",
+        )
+        envoy.start()
+    except BaseException:
+        outpost.stop()
+        authentik.stop()
+        raise
+    return authentik, outpost, envoy
+
+
+def outpost_lines(authentik: TestAuthentik, outpost: ExtAuthz, port: int) -> list[str]:
+    app = host_url(OUTPOST_APP, port) + "/"
+    return [
+        "",
+        f"  as an authentik outpost (only AUTHENTIK_HOST={authentik.url} and AUTHENTIK_TOKEN;",
+        f"  the test authentik's provider {OUTPOST_APP}, Send HTTP-Basic on) on port {port}:",
+        f"    curl -i -u {ALICE.username}:{ALICE.app_password} {app}   # upstream: admin:s3cret",
+        f"    curl -i {app}public/hello                       # its skip path",
+        f"    browser: {app}   sign in as {ALICE.username} / {ALICE.idp_password}",
+        f"    its metrics: {outpost.http_url}/metrics (ext_authz_applications, ...)",
+    ]
 
 
 def idp_available() -> tuple[bool, str]:
@@ -118,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-port", type=int, default=9901, help="Envoy admin (9901)")
     parser.add_argument("--nginx-port", type=int, help="nginx (--port + 1)")
     parser.add_argument("--caddy-port", type=int, help="Caddy (--port + 2)")
+    parser.add_argument("--outpost-port", type=int, help="the outpost's Envoy (--port + 3)")
     parser.add_argument("--store", default="memory://", help="store url (memory://)")
     parser.add_argument("--no-idp", action="store_true", help="run without the IdP")
     parser.add_argument("--workdir", type=Path, help="configs and logs (a new temp dir)")
@@ -137,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     ports = {
         "nginx": args.nginx_port or args.port + 1,
         "caddy": args.caddy_port or args.port + 2,
+        "outpost": args.outpost_port or args.port + 3,
     }
     fronts = [(name, ports[name], app) for name, app in FRONT_APPS]
-    started: list[EchoServer | IdP | Stack | Nginx | Caddy] = []
+    started: list[EchoServer | IdP | Stack | Nginx | Caddy | TestAuthentik | ExtAuthz | Envoy] = []
     try:
         echo = EchoServer(workdir).start()
         started.append(echo)
@@ -151,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"running without the IdP: {why}", flush=True)
         else:
             extra = [host_url(app, port) for _, port, app in fronts]
+            extra.append(host_url(OUTPOST_APP, ports["outpost"]))
             idp = build_idp(workdir, [args.port], extra_hosts=extra).start()
             started.append(idp)
         overrides = None
@@ -180,9 +263,16 @@ def main(argv: list[str] | None = None) -> int:
             upstream=upstream, ext_authz=asking, workdir=workdir, listen_port=ports["caddy"]
         ).start()
         started.append(caddy)
-        print(banner(stack, idp, workdir, fronts), flush=True)
-
         watched: list[ManagedProcess] = [echo.process, stack.envoy.process]
+        text = banner(stack, idp, workdir, fronts)
+        if idp is not None:
+            authentik, outpost, outpost_envoy = start_outpost(workdir, idp, echo, ports["outpost"])
+            started += [authentik, outpost, outpost_envoy]
+            watched += [outpost.process, outpost_envoy.process]
+            lines = outpost_lines(authentik, outpost, ports["outpost"])
+            text = text.replace("\n  Envoy admin:", "\n".join(lines) + "\n\n  Envoy admin:", 1)
+        print(text, flush=True)
+
         watched += [r.process for r in stack.replicas]
         watched += [nginx.process, caddy.process]
         if idp is not None:
