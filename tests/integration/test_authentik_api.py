@@ -7,10 +7,14 @@ the application settings and the websocket's messages."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import SecretStr
 
 from ext_authz.adapters.authentik import (
@@ -285,3 +289,41 @@ async def _until(condition: Any) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not met before the deadline")
         await asyncio.sleep(0.02)
+
+
+def check_config(authentik: TestAuthentik, token: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AUTHENTIK_", "EXT_AUTHZ_"))
+    }
+    env |= {"AUTHENTIK_HOST": authentik.url, "AUTHENTIK_TOKEN": token}
+    return subprocess.run(
+        [sys.executable, "-m", "ext_authz", "check-config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_config_in_outpost_mode_prints_the_providers_applications(
+    authentik: TestAuthentik,
+) -> None:
+    authentik.set_providers([provider(1, "grafana", skip_path_regex="^/api/health$\n[bad")])
+    done = check_config(authentik, TOKEN)
+    assert done.returncode == 0, done.stderr
+    printed = yaml.safe_load(done.stdout)
+    (app,) = printed["applications"]
+    assert app["name"] == "grafana" and app["skip_path_regex"] == ["^/api/health$"]
+    assert app["oidc"]["client_secret"] == "**redacted**"
+    assert "secret-grafana" not in done.stdout and TOKEN not in done.stdout
+    assert printed["authentik"]["token"] == "**redacted**"
+    assert "skip_path_regex line 2: invalid" in done.stderr
+    refused = check_config(authentik, "wrong-token")
+    assert refused.returncode == 2 and "refused" in refused.stderr
+    authentik.down()
+    try:
+        unreachable = check_config(authentik, TOKEN)
+    finally:
+        authentik.up()
+    assert unreachable.returncode == 2 and "unreachable" in unreachable.stderr

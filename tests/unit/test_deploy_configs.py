@@ -1436,3 +1436,60 @@ def test_the_deadline_check_catches_a_short_timeout() -> None:
     budget = verification_budget({"applications": [{"oidc": {}}, {"name": "dir"}]})
     assert budget == 3.0
     assert budget + MARGIN > parse_duration("3s")
+
+
+# -- deploy/authentik: the outpost, from the two variables --------------------------------
+
+AUTHENTIK_DIR = ROOT / "deploy" / "authentik"
+
+
+def test_the_outpost_compose_service_starts_from_the_two_variables() -> None:
+    from ext_authz.config import OUTPOST_ENVIRONMENT, settings_from_environment
+
+    compose = load_yaml(AUTHENTIK_DIR / "compose.yaml")
+    service = compose["services"]["ext-authz"]
+    assert service["command"] == ["serve"]  # no -c: the environment-only start
+    env = service["environment"]
+    assert set(env) <= set(OUTPOST_ENVIRONMENT), set(env) - set(OUTPOST_ENVIRONMENT)
+    assert {"AUTHENTIK_HOST", "AUTHENTIK_TOKEN"} <= set(env)
+    # What the compose file sets, with the image's own listen addresses, validates.
+    values = {k: v for k, v in dockerfile_env().items() if k.startswith("EXT_AUTHZ_")}
+    values |= {
+        "AUTHENTIK_HOST": "https://authentik.example.com/",
+        "AUTHENTIK_TOKEN": "a-token",
+        "EXT_AUTHZ_STORE_URL": env["EXT_AUTHZ_STORE_URL"],
+    }
+    settings = settings_from_environment(values)
+    published = {int(p.split(":")[1]) for p in service["ports"]}
+    assert published == {
+        port_of(settings.server.listen),
+        port_of(settings.server.forward_auth_listen),
+    }
+    assert "9300/readyz" in " ".join(service["healthcheck"]["test"])
+    assert compose["services"]["redis"]
+    assert settings.store.url.startswith("redis://redis:")
+
+
+def test_the_outpost_istio_deployment_reads_the_variables_from_a_secret() -> None:
+    documents = [d for d in yaml.safe_load_all((AUTHENTIK_DIR / "istio.yaml").read_text()) if d]
+    by_kind = {d["kind"]: d for d in documents}
+    secret, deployment, service = by_kind["Secret"], by_kind["Deployment"], by_kind["Service"]
+    assert set(secret["stringData"]) == {"AUTHENTIK_HOST", "AUTHENTIK_TOKEN"}
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["serve"]
+    assert container["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = dockerfile_env()
+    assert ports == {
+        "grpc": port_of(env["EXT_AUTHZ_LISTEN"]),
+        "http-ops": port_of(env["EXT_AUTHZ_HTTP_LISTEN"]),
+        "http-auth": port_of(env["EXT_AUTHZ_FORWARD_AUTH_LISTEN"]),
+    }
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9300}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
+    # The mesh's providers name this Service (deploy/istio/mesh-config.yaml).
+    name = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    assert name in (ISTIO_DIR / "mesh-config.yaml").read_text()
+    assert {d["metadata"].get("namespace", d["metadata"]["name"]) for d in documents} == {
+        "ext-authz"
+    }
