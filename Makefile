@@ -68,6 +68,7 @@ protos: venv
 
 bench: deps
 	$(PY) -m bench
+	$(PY) -m bench.tables --json bench/results/tables.json
 
 clean:
 	rm -rf $(VENV) tests/idp/node_modules .pytest_cache .mypy_cache .ruff_cache

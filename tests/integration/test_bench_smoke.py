@@ -91,3 +91,22 @@ def test_bench_forward_auth_rows_run_end_to_end(tmp_path: Path) -> None:
     assert nginx_plain["upstream_cpu_us_per_request"] is not None
     assert nginx_plain["ratios_plain"]["rps"] == 1.0  # against itself
     assert {g["scenario"] for g in data["goals"]} >= {"http-session", "nginx-session"}
+
+
+def test_the_table_bench_runs(tmp_path: Path) -> None:
+    """`python -m bench.tables` (the application table at scale) on a tiny table: every
+    row is written; what the numbers are is the benchmark's business."""
+    out = tmp_path / "tables.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.tables", "-n", "20", "-i", "200", "--seconds", "1.5",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())
+    assert set(rows) == {
+        "check_us_1", "check_us_20", "check_ratio", "refresh_all_s", "refresh_one_changed_s",
+        "quiet_p50_us", "quiet_p99_us", "refreshing_p50_us", "refreshing_p99_us",
+        "refreshing_p99_ratio", "refreshes", "rss_mb_20",
+    }  # fmt: skip
+    assert rows["refreshes"] >= 1 and rows["rss_mb_20"] > 0
