@@ -251,6 +251,23 @@ class ServerSettings(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _shared_ports(self) -> ServerSettings:
+        """Workers share their ports (SO_REUSEPORT): port 0 would give each worker a
+        port of its own, and the proxy would know none of them."""
+        if self.workers > 1:
+            for key in ("listen", "forward_auth_listen"):
+                address = getattr(self, key)
+                if address and address.rpartition(":")[2] == "0":
+                    raise _problems(
+                        (
+                            (key,),
+                            "port 0 with workers > 1 gives each worker a port of its own; "
+                            "name the port",
+                        )
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _distinct_ports(self) -> ServerSettings:
         seen: dict[str, str] = {}
         for key in ("listen", "http_listen", "forward_auth_listen"):

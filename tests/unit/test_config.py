@@ -438,6 +438,22 @@ BROKEN = [
     ),
     ("workers < 1", [_set("server", {"workers": 0})], "server.workers: "),
     (
+        "workers > 1 with forward auth on port 0",
+        [
+            _set("server", {"workers": 2, "forward_auth_listen": "127.0.0.1:0"}),
+            _set("store", {"url": "redis://127.0.0.1:6379/0"}),
+        ],
+        "server.forward_auth_listen: port 0 with workers > 1 gives each worker a port",
+    ),
+    (
+        "workers > 1 with gRPC on port 0",
+        [
+            _set("server", {"workers": 2, "listen": "127.0.0.1:0"}),
+            _set("store", {"url": "redis://127.0.0.1:6379/0"}),
+        ],
+        "server.listen: port 0 with workers > 1",
+    ),
+    (
         "missing oidc issuer",
         [_set("applications.0.oidc.issuer", DELETE)],
         "applications[0].oidc.issuer: required key is missing",
