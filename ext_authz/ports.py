@@ -48,6 +48,10 @@ class ByteStore(Protocol):
         """Add one to the counter at `key`, atomically; a new counter lives `ttl`
         seconds (a fixed window from its first count). Returns (count, seconds left)."""
 
+    async def count_down(self, namespace: str, key: str) -> tuple[int, float]:
+        """Take one back from the counter at `key`, atomically, never below zero and
+        never creating it; its window stays. Returns (count, seconds left)."""
+
     async def count(self, namespace: str, key: str) -> tuple[int, float]:
         """The counter at `key` and its seconds left; (0, 0.0) when there is none."""
 

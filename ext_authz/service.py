@@ -462,9 +462,22 @@ class CheckService:
             return self._verification.cached_outcome(cached), None
         self._metrics.count_cache("credential", "miss")
 
-        outcome, first = await self._verification.run(rt, credential, header_value, request.client)
+        # The count is reserved before the verification starts, so guesses arriving at
+        # once cannot all pass the check above (SPEC §5; issue 19).
+        reservation = await self._throttle.reserve(app, request.client, username)
+        if isinstance(reservation, int):
+            return Throttled(reservation), None
+        try:
+            outcome, first = await self._verification.run(
+                rt, credential, header_value, request.client
+            )
+        except BaseException:
+            await self._throttle.give_back(reservation)
+            raise
         if isinstance(outcome, Rejected):
-            await self._throttle.rejected(app, request.client, username)
+            await self._throttle.settle_rejected(app, request.client, reservation)
+        else:
+            await self._throttle.give_back(reservation)
         if not first:
             return outcome, None
         if isinstance(outcome, Rejected):

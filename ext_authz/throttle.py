@@ -18,6 +18,12 @@ sees a client address or a username in clear):
   gets a 429 page instead of another login state, so unauthenticated clients cannot
   fill the store. The factor is generous on purpose: browsers start sign-ins far more
   often than passwords fail (tabs, expired sessions, several users behind one NAT).
+- Parallel guesses cannot overshoot: a verification of a credential that is not
+  cached reserves its count first (`reserve`, one atomic count-up per key in the
+  store, shared by replicas) and is refused when that passes `failures`; the count is
+  given back (`give_back`) when the credential verifies (or was never judged: IdP
+  down). So at most `failures` verifications of unknown credentials start per client
+  and window, plus those already past their reservation when the limit was reached.
 - One log line and one metric when a client crosses a limit (the count that reaches
   the limit is seen by exactly one replica: the store counts atomically). Crossing
   both limits at once is one line (the client's).
@@ -33,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ext_authz.crypto import hmac_hex
@@ -44,9 +51,17 @@ if TYPE_CHECKING:
     from ext_authz.config import Application
     from ext_authz.metrics import Metrics
 
-__all__ = ["LOGIN_STATES_PER_FAILURE", "Throttle"]
+__all__ = ["LOGIN_STATES_PER_FAILURE", "Reservation", "Throttle"]
 
 LOGIN_STATES_PER_FAILURE = 10
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The counts a verification took before it started: (scope, key, count) each."""
+
+    scopes: tuple[tuple[str, str, int], ...] = ()
+    left: float = 0.0
 
 
 class Throttle:
@@ -79,6 +94,65 @@ class Throttle:
             return None
         self._metrics.throttled.labels(app.name, "credential").inc()
         return _seconds(max(waits))
+
+    async def reserve(
+        self, app: Application, client: str, username: str | None
+    ) -> Reservation | int:
+        """Count one verification of `client` (and of `username` from it) before it
+        starts: the Reservation to settle afterwards, or the seconds to wait when that
+        count is past the limit (nothing is then kept)."""
+        limit = app.receive.throttle
+        if not limit.enabled or not client:
+            return Reservation()
+        scopes = self._scopes(app, client, username)
+        try:
+            counts = await asyncio.gather(
+                *(self._store.count_up(Namespace.THROTTLE, key, limit.window) for _, key in scopes)
+            )
+        except StoreUnavailable:
+            self._metrics.store_errors.labels("throttle_count").inc()
+            return Reservation()
+        reservation = Reservation(
+            tuple((scope, key, n) for (scope, key), (n, _) in zip(scopes, counts, strict=True)),
+            max(left for _, left in counts),
+        )
+        if all(n <= limit.failures for n, _ in counts):
+            return reservation
+        await self._undo(reservation)
+        self._metrics.throttled.labels(app.name, "credential").inc()
+        return _seconds(reservation.left)
+
+    async def give_back(self, reservation: Reservation) -> None:
+        """The reserved verification did not reject the credential: its count goes."""
+        await self._undo(reservation)
+
+    async def settle_rejected(
+        self, app: Application, client: str, reservation: Reservation
+    ) -> None:
+        """The reserved verification rejected the credential: the count stays, and the
+        one that reached the limit starts the throttling (log line and metric)."""
+        limit = app.receive.throttle
+        client_count = next((n for s, _, n in reservation.scopes if s == "client"), 0)
+        for scope, _, count in reservation.scopes:
+            if count == limit.failures:
+                log = scope == "client" or client_count < limit.failures
+                self._started(app, client, scope, "credential", reservation.left, log=log)
+
+    async def _undo(self, reservation: Reservation) -> None:
+        if not reservation.scopes:
+            return
+        try:
+            await asyncio.gather(
+                *(self._store.count_down(Namespace.THROTTLE, k) for _, k, _ in reservation.scopes)
+            )
+        except StoreUnavailable:
+            self._metrics.store_errors.labels("throttle_count").inc()
+
+    def _scopes(self, app: Application, client: str, username: str | None) -> list[tuple[str, str]]:
+        scopes = [("client", self._key("fail", app.name, client))]
+        if username is not None:
+            scopes.append(("user", self._key("fail-user", app.name, client, username)))
+        return scopes
 
     async def rejected(self, app: Application, client: str, username: str | None) -> None:
         """Count one rejected credential of `client` (and of `username` from it)."""

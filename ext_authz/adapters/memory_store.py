@@ -134,6 +134,16 @@ class MemoryStore:
         self._backend.values[full] = (str(count).encode(), deadline)
         return count, deadline - now
 
+    async def count_down(self, namespace: str, key: str) -> tuple[int, float]:
+        full = self._full(namespace, key)
+        now = self._clock()
+        entry = self._backend.values.get(full)
+        if entry is None or now >= entry[1]:
+            return 0, 0.0
+        count = max(0, int(entry[0]) - 1)
+        self._backend.values[full] = (str(count).encode(), entry[1])
+        return count, entry[1] - now
+
     async def count(self, namespace: str, key: str) -> tuple[int, float]:
         full = self._full(namespace, key)
         entry = self._backend.values.get(full)

@@ -82,8 +82,9 @@ return members
 # INCR, and give a new counter its window (a fixed window from the first count).
 # Returns {count, ms left}.
 _COUNT_UP = """
+local existed = redis.call('EXISTS', KEYS[1])
 local n = redis.call('INCR', KEYS[1])
-if n == 1 then
+if existed == 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
 local left = redis.call('PTTL', KEYS[1])
@@ -92,6 +93,17 @@ if left < 0 then
   left = tonumber(ARGV[1])
 end
 return {n, left}
+"""
+
+_COUNT_DOWN = """
+local n = redis.call('GET', KEYS[1])
+if not n then
+  return {0, 0}
+end
+if tonumber(n) > 0 then
+  n = redis.call('DECR', KEYS[1])
+end
+return {tonumber(n), redis.call('PTTL', KEYS[1])}
 """
 
 _COUNT = """
@@ -236,6 +248,13 @@ class RedisStore:
         full, ms = self._full(namespace, key), self._ms(ttl)
         reply = await self._run(
             "count_up", lambda: _awaitable(self._client.eval(_COUNT_UP, 1, full, str(ms)))
+        )
+        return _counter(reply)
+
+    async def count_down(self, namespace: str, key: str) -> tuple[int, float]:
+        full = self._full(namespace, key)
+        reply = await self._run(
+            "count_down", lambda: _awaitable(self._client.eval(_COUNT_DOWN, 1, full))
         )
         return _counter(reply)
 

@@ -522,6 +522,30 @@ class StoreBehaviour:
 
         run(body())
 
+    def test_counter_gives_back_never_below_zero_nor_past_its_window(
+        self, harness: StoreHarness
+    ) -> None:
+        async def body() -> None:
+            a, b = harness.open(), harness.open()
+            try:
+                # Nothing to give back: no counter is made.
+                assert await a.count_down(Namespace.THROTTLE, "d") == (0, 0.0)
+                assert await a.count(Namespace.THROTTLE, "d") == (0, 0.0)
+                await a.count_up(Namespace.THROTTLE, "d", 30)
+                _, first_left = await a.count_up(Namespace.THROTTLE, "d", 30)
+                count, left = await b.count_down(Namespace.THROTTLE, "d")
+                assert count == 1 and 0 < left <= first_left
+                assert (await b.count_down(Namespace.THROTTLE, "d"))[0] == 0
+                assert (await a.count_down(Namespace.THROTTLE, "d"))[0] == 0  # not -1
+                # The window stays: the next count is in the same one.
+                count, left = await a.count_up(Namespace.THROTTLE, "d", 3000)
+                assert count == 1 and 0 < left <= 30
+            finally:
+                await a.close()
+                await b.close()
+
+        run(body())
+
     def test_counter_window_is_fixed_from_the_first_count(self, harness: StoreHarness) -> None:
         async def body() -> None:
             store = harness.open()

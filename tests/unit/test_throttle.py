@@ -353,3 +353,55 @@ def test_the_core_answers_429_whatever_the_intercept_switch(intercept: bool) -> 
     )
     assert isinstance(decision, Deny) and decision.status == 429
     assert ("retry-after", "7") in decision.headers
+
+
+def test_parallel_guesses_reserve_their_count_before_they_are_verified() -> None:
+    """50 wrong passwords at once, each held by the verifier until all have arrived:
+    before reservations (issue 19) every one passed the limit's check, as each was
+    read before any was counted; now at most `failures` (3) reach the verifier."""
+    release = asyncio.Event()
+    arrived = 0
+
+    class Slow(Verifier):
+        async def __call__(self, username: str, password: str) -> Any:
+            nonlocal arrived
+            arrived += 1
+            await release.wait()
+            return await super().__call__(username, password)
+
+    verifier = Slow(good="right")
+    checks = service(verifier)
+
+    async def body() -> list[Allow | Deny]:
+        pending = [
+            asyncio.ensure_future(checks.check(basic_request("alice", f"wrong-{i}")))
+            for i in range(50)
+        ]
+        # Every Check has either reached the verifier or been answered.
+        while arrived + sum(p.done() for p in pending) < 50:
+            await asyncio.sleep(0)
+        release.set()
+        return await asyncio.gather(*pending)
+
+    answers = run(body())
+    statuses = sorted(getattr(a, "status", 200) for a in answers)
+    assert verifier.calls == 3
+    assert statuses == [401] * 3 + [429] * 47
+
+
+def test_a_verified_credential_gives_its_reservation_back() -> None:
+    verifier = Verifier(good="right")
+    checks = service(verifier)
+
+    async def body() -> list[Allow | Deny]:
+        answers = [await checks.check(basic_request("alice", f"wrong-{i}")) for i in range(2)]
+        # Three new good credentials (other users) between them: none is counted.
+        for user in ("bob", "carol", "dave"):
+            verifier.good = "right-" + user
+            answers.append(await checks.check(basic_request(user, "right-" + user)))
+        answers.append(await checks.check(basic_request("alice", "wrong-3")))
+        answers.append(await checks.check(basic_request("alice", "wrong-4")))
+        return answers
+
+    statuses = [getattr(a, "status", 200) for a in run(body())]
+    assert statuses == [401, 401, 200, 200, 200, 401, 429]
