@@ -219,6 +219,11 @@ class ServerSettings(BaseModel):
     # Peers whose X-Forwarded-* / X-Original-* headers are believed (SPEC §10).
     forward_auth_trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     workers: int = Field(default=1, ge=1)
+    # Connections the HTTP ports (forward auth, operations) hold at once (issue 19):
+    # 0 = from the file-descriptor limit (half of it, at most 16384).
+    http_max_connections: int = Field(default=0, ge=0)
+    http_max_connections_per_peer: int = Field(default=64, ge=1)
+    http_max_connections_per_proxy: int = Field(default=1024, ge=1)
     grace_period: PositiveDuration = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
@@ -279,6 +284,13 @@ class ServerSettings(BaseModel):
                 raise _problems(((key,), f"port {port} is also server.{seen[port]}"))
             seen.setdefault(port, key)
         return self
+
+    def connections_total(self, nofile: int) -> int:
+        """http_max_connections, or its default for a file-descriptor limit of `nofile`
+        (half of it, leaving the rest to Redis, the IdP, gRPC; at most 16384)."""
+        if self.http_max_connections:
+            return self.http_max_connections
+        return max(64, min(16384, nofile // 2))
 
     @cached_property
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -119,6 +119,21 @@ class Metrics:
             multiprocess_mode="min",
         )
 
+        self.http_connections_refused = Counter(
+            "ext_authz_http_connections_refused",
+            "Connections an HTTP port refused or closed to make room, by port and reason "
+            "(total, peer: refused; evicted: an idle one closed)",
+            ["port", "reason"],
+            registry=reg,
+        )
+        self.http_connections = Gauge(
+            "ext_authz_http_connections",
+            "Open connections of an HTTP port",
+            ["port"],
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+
         # labels() costs microseconds; the label sets are few (apps x results x methods),
         # so each child is looked up once and kept.
         self._children: dict[tuple[str, ...], Any] = {}

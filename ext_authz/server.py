@@ -31,6 +31,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import resource
 import shutil
 import signal
 import tempfile
@@ -44,7 +45,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ext_authz._proto import AUTHORIZATION_SERVICE_NAME
 from ext_authz.adapters.forward_auth import ForwardAuth, TrustedProxies
 from ext_authz.adapters.grpc_servicer import CheckLater, CheckNow, CheckServicer, add_check_service
-from ext_authz.adapters.http_server import Handler, HttpServer, split_listen
+from ext_authz.adapters.http_server import ConnectionLimits, Handler, HttpServer, split_listen
 from ext_authz.errors import ConfigError
 from ext_authz.logs import configure_logging, event
 from ext_authz.metrics import Metrics
@@ -52,7 +53,7 @@ from ext_authz.operations import OperationsHandler
 
 if TYPE_CHECKING:
     from ext_authz.app import Components
-    from ext_authz.config import Settings
+    from ext_authz.config import ServerSettings, Settings
 
 __all__ = ["serve"]
 
@@ -65,9 +66,38 @@ Reload = Callable[[], "Settings"]
 
 def serve(settings: Settings, reload: Reload | None = None) -> int:
     configure_logging(settings.server.log_level, settings.server.log_format)
+    raise_file_limit()
     if settings.server.workers > 1:
         return _supervise(settings, reload)
     return asyncio.run(_worker(settings, index=0, reuse_port=False, with_http=True, reload=reload))
+
+
+def raise_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (once, at start): every client
+    connection is a descriptor, and the caps are sized from this. Returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+        event(logging.INFO, "file descriptor limit raised", soft=soft, limit=hard)
+        return hard
+    return soft
+
+
+def connection_limits(server: ServerSettings) -> ConnectionLimits:
+    """The HTTP ports' connection caps (issue 19), sized from the descriptor limit."""
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    trusted = TrustedProxies(server.trusted_networks)
+    return ConnectionLimits(
+        total=server.connections_total(nofile if nofile != resource.RLIM_INFINITY else 1 << 20),
+        per_peer=server.http_max_connections_per_peer,
+        per_proxy=server.http_max_connections_per_proxy,
+        is_proxy=trusted.__contains__,
+    )
 
 
 def _on_hangup(components: Components, reload: Reload | None, index: int) -> None:
@@ -160,16 +190,40 @@ class GrpcListener:
 class HttpListener:
     """An HTTP/1.1 port (forward auth, or the operations port) on `HttpServer`."""
 
-    def __init__(self, name: str, listen: str, handler: Handler, *, reuse_port: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        listen: str,
+        handler: Handler,
+        *,
+        reuse_port: bool,
+        limits: ConnectionLimits | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.name = name
         self._listen = listen
         self._handler = handler
         self._reuse_port = reuse_port
+        self._limits = limits
+        self._metrics = metrics
         self._server: HttpServer | None = None
 
     async def start(self) -> str:
         host, port = split_listen(self._listen)
-        self._server = HttpServer(self._handler, host, port, reuse_port=self._reuse_port)
+        refused = count = None
+        if self._metrics is not None:
+            metrics, name = self._metrics, self.name
+            refused = lambda reason: metrics.http_connections_refused.labels(name, reason).inc()  # noqa: E731
+            count = metrics.http_connections.labels(name).set
+        self._server = HttpServer(
+            self._handler,
+            host,
+            port,
+            reuse_port=self._reuse_port,
+            limits=self._limits,
+            on_refused=refused,
+            on_count=count,
+        )
         try:
             bound = await self._server.start()
         except OSError as exc:
@@ -259,12 +313,26 @@ async def _worker(
         )
         listeners.append(
             HttpListener(
-                "forward_auth", server.forward_auth_listen, forward_auth, reuse_port=reuse_port
+                "forward_auth",
+                server.forward_auth_listen,
+                forward_auth,
+                reuse_port=reuse_port,
+                limits=connection_limits(server),
+                metrics=metrics,
             )
         )
     if with_http and server.http_listen:
         operations = OperationsHandler(components.readiness)
-        listeners.append(HttpListener("http", server.http_listen, operations, reuse_port=False))
+        listeners.append(
+            HttpListener(
+                "http",
+                server.http_listen,
+                operations,
+                reuse_port=False,
+                limits=connection_limits(server),
+                metrics=metrics,
+            )
+        )
     # gRPC last: its health turns SERVING when it starts, which must mean every port
     # of this worker is answering.
     listeners.append(
@@ -347,7 +415,13 @@ async def _supervisor(settings: Settings, metrics_dir: str, reload: Reload | Non
     if settings.server.http_listen:
         operations = OperationsHandler(probe.readiness)
         listeners.append(
-            HttpListener("http", settings.server.http_listen, operations, reuse_port=False)
+            HttpListener(
+                "http",
+                settings.server.http_listen,
+                operations,
+                reuse_port=False,
+                limits=connection_limits(settings.server),
+            )
         )
     if await _start_all(listeners, -1) is None:
         _terminate_all(workers, settings.server.grace_period)

@@ -20,6 +20,15 @@ Limits (the rule this module guards: no client can make it hold much, or wait lo
   beyond that, and while a client leaves answers unread (answering pauses too, so
   they never pile up), for at most `IDLE_TIMEOUT`.
 
+Connections (the rule: no client can hold the port): at most `ConnectionLimits.total`
+open at once, and `per_peer` from one address (`per_proxy` from a trusted proxy, which
+multiplexes many users). A connection over a limit first makes room by closing the
+longest-idle connection (of that peer, or of anyone when the total is reached: one
+waiting between requests, or that has sent nothing yet); with none idle it is answered
+503 with `connection: close` and closed. `on_refused(reason)` counts each ("total",
+"peer", and "evicted" for the idle ones closed to make room). Slow heads are bounded by
+`HEAD_TIMEOUT`, idle ones by `IDLE_TIMEOUT`.
+
 End of input from the client (EOF) means it went away: answers already written are
 flushed, an answer still being worked out is cancelled.
 
@@ -55,6 +64,7 @@ __all__ = [
     "HEAD_TIMEOUT",
     "IDLE_TIMEOUT",
     "MAX_HEAD_BYTES",
+    "ConnectionLimits",
     "Handler",
     "HttpRequest",
     "HttpResponse",
@@ -67,6 +77,26 @@ IDLE_TIMEOUT = 75.0  # above the 60 s idle timeout of the proxies' pools we ship
 MAX_PIPELINED = 16
 LINGER_TIMEOUT = 2.0  # after our last answer, how long the client's unread bytes are drained
 _CRLF = b"\r\n"
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How many connections a port holds (see the module docstring)."""
+
+    total: int = 4096
+    per_peer: int = 64
+    per_proxy: int = 1024
+    is_proxy: Callable[[str], bool] = lambda peer: False
+
+    def for_peer(self, peer: str) -> int:
+        return self.per_proxy if self.is_proxy(peer) else self.per_peer
+
+
+_UNAVAILABLE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
+    b"content-length: 20\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
+    b"too many connections"
+)
 
 
 def _safe(text: str) -> bool:
@@ -180,6 +210,7 @@ class _Connection(asyncio.Protocol):
         self._timer_is_head = False
         self._send_timer: asyncio.TimerHandle | None = None
         self._closing = False  # answered for the last time; lingering until the client's EOF
+        self.idle_since = 0.0  # when it last became idle (for eviction)
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
@@ -192,11 +223,19 @@ class _Connection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._server.connections.add(self)
+        self.idle_since = self._loop.time()
+        if not self._server.admit(self):
+            self._transport = None
+            self._stop_reading = True
+            with contextlib.suppress(Exception):
+                transport.write(_UNAVAILABLE)
+            transport.close()
+            return
         self._arm(HEAD_TIMEOUT, head=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connections.discard(self)
+        if self in self._server.connections:
+            self._server.release(self)  # (refused or evicted ones were not, or no longer)
         self._transport = None
         self._disarm()
         self._cancel_send_timer()
@@ -383,6 +422,7 @@ class _Connection(asyncio.Protocol):
             self._close_after_answer()
             return
         if last:
+            self.idle_since = self._loop.time()
             self._arm(HEAD_TIMEOUT if self._in_head else IDLE_TIMEOUT, head=self._in_head)
 
     def _refuse(self, reason: str) -> None:
@@ -473,8 +513,22 @@ class _Connection(asyncio.Protocol):
 class HttpServer:
     """One listening socket and its connections. `start()` binds (raises OSError)."""
 
-    def __init__(self, handler: Handler, host: str, port: int, *, reuse_port: bool) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool,
+        limits: ConnectionLimits | None = None,
+        on_refused: Callable[[str], None] | None = None,
+        on_count: Callable[[int], None] | None = None,
+    ) -> None:
         self.handler = handler
+        self.limits = limits or ConnectionLimits()
+        self._on_refused = on_refused or (lambda reason: None)
+        self._on_count = on_count or (lambda count: None)
+        self._per_peer: dict[str, int] = {}
         self._host = host
         self._port = port
         self._reuse_port = reuse_port
@@ -524,6 +578,50 @@ class HttpServer:
 
     def connection_closed(self) -> None:
         self._closed_event.set()
+
+    # --- connection limits ------------------------------------------------------------
+
+    def admit(self, connection: _Connection) -> bool:
+        """Count a new connection in, making room by closing the longest-idle one
+        when a limit is reached; False (not counted) when no room can be made."""
+        peer = connection.peer
+        over = self._per_peer.get(peer, 0) >= self.limits.for_peer(peer)
+        if over and not self._evict(peer):
+            self._on_refused("peer")
+            return False
+        if len(self.connections) >= self.limits.total and not self._evict(None):
+            self._on_refused("total")
+            return False
+        self.connections.add(connection)
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
+        self._on_count(len(self.connections))
+        return True
+
+    def release(self, connection: _Connection) -> None:
+        self.connections.discard(connection)
+        left = self._per_peer.get(connection.peer, 1) - 1
+        if left > 0:
+            self._per_peer[connection.peer] = left
+        else:
+            self._per_peer.pop(connection.peer, None)
+        self._on_count(len(self.connections))
+        self.connection_closed()
+
+    def _evict(self, peer: str | None) -> bool:
+        """Close the longest-idle connection (of `peer`, or of anyone); True if one was.
+        It stops counting at once: its socket closes on its own time."""
+        oldest: _Connection | None = None
+        for candidate in self.connections:
+            if peer is not None and candidate.peer != peer:
+                continue
+            if candidate.idle and (oldest is None or candidate.idle_since < oldest.idle_since):
+                oldest = candidate
+        if oldest is None:
+            return False
+        self.release(oldest)
+        oldest.abort()
+        self._on_refused("evicted")
+        return True
 
 
 def split_listen(listen: str) -> tuple[str, int]:

@@ -750,3 +750,89 @@ async def test_a_client_that_resets_while_its_answer_is_worked_out_is_no_error(
             answer = await client.response()
         assert answer.status == 200 and answer.body == b"/still"
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+# --- connection caps (issue 19) -------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def capped(
+    limits: http_server.ConnectionLimits,
+) -> AsyncIterator[tuple[HttpServer, int, list[str]]]:
+    refused: list[str] = []
+    server = HttpServer(
+        ok, "127.0.0.1", 0, reuse_port=False, limits=limits, on_refused=refused.append
+    )
+    port = await server.start()
+    try:
+        yield server, port, refused
+    finally:
+        await server.drain(0)
+
+
+async def test_a_full_port_closes_its_longest_idle_connection_to_admit_a_new_one() -> None:
+    limits = http_server.ConnectionLimits(total=3, per_peer=10)
+    async with capped(limits) as (server, port, refused):
+        clients = []
+        for _ in range(3):
+            c = await Client.connect(port)
+            await c.send(get("/idle"))
+            assert (await c.response()).status == 200  # then idle, kept alive
+            clients.append(c)
+        await wait_for(lambda: len(server.connections) == 3, "three connections")
+        newcomer = await Client.connect(port)
+        await newcomer.send(get("/new"))
+        assert (await newcomer.response()).body == b"/new"
+        assert await clients[0].closed()  # the longest idle went
+        assert refused == ["evicted"] and len(server.connections) == 3
+        await clients[1].send(get("/still"))
+        assert (await clients[1].response()).status == 200
+        for c in (*clients[1:], newcomer):
+            await c.close()
+
+
+async def test_with_none_idle_a_new_connection_gets_503_and_is_counted() -> None:
+    limits = http_server.ConnectionLimits(total=2, per_peer=10)
+    async with capped(limits) as (server, port, refused):
+        slow = []
+        for _ in range(2):  # heads under way: not idle, not evictable
+            c = await Client.connect(port)
+            await c.send(b"GET /slowloris HTTP/1.1\r\nHost: x\r\n")
+            slow.append(c)
+        await wait_for(lambda: len(server.connections) == 2, "two connections")
+        await wait_for(lambda: not any(c.idle for c in server.connections), "heads begun")
+        turned_away = await Client.connect(port)
+        answer = await turned_away.response()
+        assert answer.status == 503 and answer.header("connection") == "close"
+        assert await turned_away.closed()
+        assert refused == ["total"] and len(server.connections) == 2
+        for c in slow:
+            await c.close()
+
+
+async def test_one_peer_cannot_take_more_than_its_share_a_proxy_gets_more() -> None:
+    limits = http_server.ConnectionLimits(total=100, per_peer=2, per_proxy=4)
+    async with capped(limits) as (server, port, refused):
+        busy = []
+        for _ in range(2):
+            c = await Client.connect(port)
+            await c.send(b"GET /slowloris HTTP/1.1\r\n")
+            busy.append(c)
+        await wait_for(lambda: len(server.connections) == 2, "two connections")
+        await wait_for(lambda: not any(c.idle for c in server.connections), "heads begun")
+        third = await Client.connect(port)
+        assert (await third.response()).status == 503
+        assert refused == ["peer"]
+        for c in busy:
+            await c.close()
+    proxy = http_server.ConnectionLimits(
+        total=100, per_peer=2, per_proxy=4, is_proxy=lambda p: True
+    )
+    async with capped(proxy) as (server, port, refused):
+        clients = [await Client.connect(port) for _ in range(4)]
+        for c in clients:
+            await c.send(b"GET /slowloris HTTP/1.1\r\n")
+        await wait_for(lambda: len(server.connections) == 4, "four from the proxy")
+        assert refused == []
+        for c in clients:
+            await c.close()
