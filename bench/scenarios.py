@@ -22,6 +22,7 @@ Applications in ext-authz (tests.stack.demo world plus bench overrides):
              new session per cookie-less request
   app-nosess the same OIDC client, create_session false, negative_cache_ttl 0, no
              guessing limit (receive.throttle.failures 0, for `miss`)
+  app-access `app` with 20 access rules (SPEC §12), the last deciding
   whoami     directory users (argon2id), create_session false
 """
 
@@ -61,6 +62,8 @@ SCENARIOS: tuple[Scenario, ...] = (
              credential="cookie"),
     Scenario("session-w2", "cached session cookie (app), workers 2", "w2", "w2",
              credential="cookie"),
+    Scenario("session-access", "cached session cookie, 20 access rules (app-access), "
+             "workers 1", "w1", "w1", host="app-access", credential="cookie"),
     Scenario("session-nolocal", "cached session cookie, local_cache_ttl 0 (Redis each Check)",
              "nolocal", "nolocal", credential="cookie"),
     Scenario("basic-app", "Basic, authentik app password, cached, no session (app-nosess)",
@@ -85,6 +88,9 @@ SCENARIOS: tuple[Scenario, ...] = (
              "http-floor", "allow_all_http", transport="http"),
     Scenario("http-session", "http_service: cached session cookie (app), workers 1",
              "w1-http", "w1", credential="cookie", transport="http"),
+    Scenario("http-session-access", "http_service: cached session cookie, 20 access "
+             "rules (app-access), workers 1", "w1-http", "w1", host="app-access",
+             credential="cookie", transport="http"),
     Scenario("http-basic", "http_service: Basic, app password, cached, no session "
              "(app-nosess)", "w1-http", "w1", host="app-nosess", credential="basic",
              transport="http"),

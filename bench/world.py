@@ -44,6 +44,12 @@ from tests.stack.proc import ManagedProcess, free_port
 from tests.stack.redis import RedisServer
 
 USER = ALICE  # every credential of the benchmark is alice's
+# 19 rules on other paths (each searched in vain), then one that admits USER's group.
+ACCESS_RULES: list[dict[str, Any]] = [
+    *({"paths": [f"^/area-{i}/"], "methods": ["GET", "POST"], "groups": ["admins"],
+       "emails": ["@example.com"]} for i in range(19)),
+    {"groups": list(USER.groups)},
+]  # fmt: skip
 HTTP_FLOOR_KIND = "httptools-asyncio"  # bench.http_servers: the server ext-authz uses, its loop
 # The IdP's access-token lifetime here. A session made from a credential ends with the
 # credential's token (SPEC §5): with the test IdP's default (300 s) the one session
@@ -197,6 +203,13 @@ class World:
                 "receive": {"create_session": False, "negative_cache_ttl": 0,
                             "throttle": {"failures": 0}},
             }
+            # `app` with 20 access rules (SPEC §12), the last one deciding: what a
+            # cached-session Check pays for them (`session-access` against `session`).
+            apps["app-access"] = {
+                "external_host": host_url("app-access", port),
+                "oidc": dict(apps["app-nosess"]["oidc"]),
+                "access": ACCESS_RULES,
+            }
         overrides: dict[str, Any] = {
             "server": {"workers": 2 if name == "w2" else 1},
             "applications": apps,
@@ -249,7 +262,7 @@ class World:
         elif cred == "opaque":
             out.append(("Authorization", "Bearer " + self._token("opaque")))
         elif cred == "cookie":
-            out.append(("Cookie", self._cookie()))
+            out.append(("Cookie", self._cookie(scenario.host)))
         elif cred == "miss":  # the probe's header; wrk's Lua script makes its own
             out.append(("Authorization", _basic(USER.username, "wrong-probe-password")))
         return out
@@ -257,27 +270,34 @@ class World:
     def _token(self, fmt: str) -> str:
         if fmt not in self._creds:
             assert self.idp is not None
-            self._creds[fmt] = self.idp.mint_access_token(OIDC_CLIENT_ID, USER.username, fmt=fmt)
+            # RS256 on purpose (the demo client signs HS256, as authentik does): the
+            # rows compare with Envoy's jwt_authn, which verifies against the JWKS.
+            alg = "RS256" if fmt == "jwt" else None
+            self._creds[fmt] = self.idp.mint_access_token(
+                OIDC_CLIENT_ID, USER.username, fmt=fmt, alg=alg
+            )
         return self._creds[fmt]
 
-    def _cookie(self) -> str:
-        """name=value of a session of `app`, made by one Basic request (create_session)."""
-        if "cookie" not in self._creds:
+    def _cookie(self, host: str = "app") -> str:
+        """name=value of a session of `host`'s application, made by one Basic request
+        (create_session)."""
+        slot = "cookie" if host == "app" else f"cookie-{host}"
+        if slot not in self._creds:
             port = self.ports["w1"]
             if "w1" not in self.listeners_needed:
                 raise RuntimeError("the session cookie is made through listener w1")
             r = httpx.get(
                 f"http://127.0.0.1:{port}/login",
-                headers={"Host": f"app.localhost:{port}",
+                headers={"Host": f"{host}.localhost:{port}",
                          "Authorization": _basic(USER.username, USER.app_password)},
                 timeout=15.0,
             )  # fmt: skip
             cookies = [v.split(";", 1)[0] for k, v in r.headers.multi_items()
                        if k.lower() == "set-cookie"]  # fmt: skip
             if r.status_code != 200 or not cookies:
-                raise RuntimeError(f"no session cookie from app (HTTP {r.status_code})")
-            self._creds["cookie"] = cookies[0]
-        return self._creds["cookie"]
+                raise RuntimeError(f"no session cookie from {host} (HTTP {r.status_code})")
+            self._creds[slot] = cookies[0]
+        return self._creds[slot]
 
     def probe(self, scenario: Scenario) -> int:
         """One request as wrk will send it; its status code."""

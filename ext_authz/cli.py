@@ -10,15 +10,25 @@ from __future__ import annotations
 import argparse
 import functools
 import getpass
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import yaml
 from argon2 import PasswordHasher
 
-from ext_authz.config import Settings, load_secret, load_settings, redacted
+from ext_authz.config import (
+    Settings,
+    load_secret,
+    load_settings,
+    outpost_environment,
+    redacted,
+    redacted_application,
+    settings_from_environment,
+)
 from ext_authz.crypto import hash_token
-from ext_authz.errors import ConfigError
+from ext_authz.errors import AuthentikRefused, AuthentikUnavailable, ConfigError
 
 __all__ = ["main"]
 
@@ -51,11 +61,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the gRPC service and the HTTP port")
-    serve.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config")
+    serve.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="YAML config (without it: an authentik outpost from AUTHENTIK_HOST and "
+        "AUTHENTIK_TOKEN)",
+    )
     check = commands.add_parser(
         "check-config", help="validate a config and print it with secrets redacted"
     )
-    check.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config")
+    check.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="YAML config (without it: the environment-only start of an authentik outpost)",
+    )
     hashing = commands.add_parser(
         "hash-password", help="read a password on stdin, print its argon2id hash"
     )
@@ -69,8 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: str) -> Settings | None:
+def _load(path: str | None) -> Settings | None:
+    """The settings from the file, or without one from the environment (an outpost)."""
     try:
+        if path is None:
+            return settings_from_environment()
         return load_settings(path)
     except ConfigError as exc:
         lines = exc.errors
@@ -83,14 +107,52 @@ def _load(path: str) -> Settings | None:
     return None
 
 
-def _check_config(path: str) -> int:
+def _check_config(path: str | None) -> int:
     settings = _load(path)
     if settings is None:
         return EXIT_USAGE
-    sys.stdout.write(
-        yaml.safe_dump(redacted(settings), sort_keys=False, allow_unicode=True, width=100)
-    )
+    data = redacted(settings)
+    if settings.authentik is not None:
+        # Outpost mode: the applications authentik's providers become, as a refresh
+        # would build them (secrets redacted); authentik must answer.
+        outcome = _outpost_applications(settings)
+        if isinstance(outcome, str):
+            print(f"authentik: {outcome}", file=sys.stderr)
+            return EXIT_USAGE
+        applications, problems = outcome
+        data["applications"] = [redacted_application(app) for app in applications]
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
+    sys.stdout.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100))
     return EXIT_OK
+
+
+def _outpost_applications(settings: Settings) -> tuple[list[Any], list[str]] | str:
+    """The outpost's applications and the problems met, or why authentik did not say."""
+    import asyncio
+
+    from ext_authz.adapters.authentik import AuthentikClient
+    from ext_authz.outpost import Composer
+
+    assert settings.authentik is not None
+    client = AuthentikClient(settings.authentik)
+
+    async def fetch() -> Any:
+        try:
+            return await client.fetch()
+        finally:
+            await client.close()
+
+    try:
+        fetched = asyncio.run(fetch())
+    except AuthentikRefused:
+        return "the outpost token was refused (401/403)"
+    except AuthentikUnavailable as exc:
+        return f"unreachable ({exc})"
+    applications, problems = Composer(settings.applications, settings.provider_settings)(
+        fetched.providers
+    )
+    return applications, [*fetched.problems, *problems]
 
 
 def _hash_password(token_config: str | None = None) -> int:
@@ -124,12 +186,24 @@ def _hash_password(token_config: str | None = None) -> int:
     return EXIT_OK
 
 
-def _serve(path: str) -> int:
+def _serve(path: str | None) -> int:
+    if path is None and not outpost_environment(os.environ):
+        print(
+            "serve: give -c CONFIG, or set AUTHENTIK_HOST and AUTHENTIK_TOKEN to run as an "
+            "authentik outpost",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     settings = _load(path)
     if settings is None:
         return EXIT_USAGE
     # Imported late: check-config and hash-password need none of the server's imports.
     from ext_authz.server import serve  # type: ignore[import-not-found, unused-ignore]
 
-    result = serve(settings, functools.partial(load_settings, path))
+    reload = (
+        functools.partial(load_settings, path)
+        if path is not None
+        else functools.partial(settings_from_environment, None)
+    )
+    result = serve(settings, reload)
     return result if isinstance(result, int) else EXIT_OK

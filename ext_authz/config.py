@@ -19,6 +19,8 @@ is what `ext-authz check-config` prints.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import os
 import re
@@ -44,6 +46,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ext_authz.core.access import AccessPolicy, AccessRuleError, compile_policy
 from ext_authz.core.cookies import cookie_name_for
 from ext_authz.core.upstream import additional_header_problem
 from ext_authz.crypto import token_hash_salt, token_salt_matches_key
@@ -61,12 +64,15 @@ from ext_authz.store_url import (
 
 __all__ = [
     "REDACTED",
+    "AccessRuleSettings",
     "Application",
+    "AuthentikSettings",
     "BasicReceive",
     "BearerReceive",
     "Directory",
     "DirectoryGroup",
     "DirectoryUser",
+    "OIDCEndpoints",
     "OIDCSettings",
     "ReceiveSettings",
     "SendBasic",
@@ -78,14 +84,20 @@ __all__ = [
     "ThrottleSettings",
     "load_secret",
     "load_settings",
+    "outpost_environment",
     "parse_duration",
     "parse_settings",
     "parse_store_url",
     "redact_store_url",
     "redacted",
+    "redacted_application",
+    "settings_from_environment",
+    "validate_application",
 ]
 
 CALLBACK_PATH = "/outpost.goauthentik.io/callback"
+# authentik registers, and strictly matches, this query on a proxy provider's redirect URI.
+CALLBACK_QUERY = "X-authentik-auth-callback=true"
 MIN_SECRET_BYTES = 32
 
 # hide_input_in_errors: a ValidationError printed by a caller who built a model by hand
@@ -356,6 +368,33 @@ class Directory(BaseModel):
         return self
 
 
+class OIDCEndpoints(BaseModel):
+    """The parts of a discovery document we use, given instead of discovered; the keys
+    are the discovery document's own."""
+
+    model_config = _MODEL_CONFIG
+
+    authorization_endpoint: str
+    token_endpoint: str
+    jwks_uri: str = ""
+    userinfo_endpoint: str = ""
+    end_session_endpoint: str = ""
+    introspection_endpoint: str = ""
+    id_token_signing_alg_values_supported: tuple[str, ...] = ()
+
+    @field_validator(
+        "authorization_endpoint",
+        "token_endpoint",
+        "jwks_uri",
+        "userinfo_endpoint",
+        "end_session_endpoint",
+        "introspection_endpoint",
+    )
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return value and _check_http_url(value, allow_path=True)
+
+
 class OIDCSettings(BaseModel):
     """The application's OIDC client at the IdP."""
 
@@ -368,11 +407,25 @@ class OIDCSettings(BaseModel):
     scopes: tuple[str, ...] = ("openid", "profile", "email", "ak_proxy")
     attributes_claim: str = "ak_proxy.user_attributes"
     timeout: PositiveDuration = 3.0
+    # The IdP's endpoints as given (SPEC §11: an authentik provider's
+    # oidc_configuration): no discovery request is made when they are.
+    endpoints: OIDCEndpoints | None = None
+    # The Host header of back-channel requests (token, userinfo, introspection, JWKS),
+    # when the IdP is reached under another name than browsers use (host_browser).
+    backchannel_host: str = ""
 
     @model_validator(mode="before")
     @classmethod
     def _files(cls, data: Any) -> Any:
         return _secret_from_file(data, "client_secret")
+
+    @field_validator("backchannel_host")
+    @classmethod
+    def _backchannel_host(cls, value: str) -> str:
+        name, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+        if value and not (_HOST_NAME.fullmatch(name) and (not port or port.isdigit())):
+            raise ValueError(f"{value!r} is not host[:port]")
+        return value
 
     @field_validator("issuer")
     @classmethod
@@ -492,6 +545,34 @@ class SendSettings(BaseModel):
         return frozenset(self.additional_headers)
 
 
+class AccessRuleSettings(BaseModel):
+    """One `applications[].access` rule (SPEC §12); compiled by `core.access`.
+
+    A key left out is no condition; an explicitly empty list is a config error."""
+
+    model_config = _MODEL_CONFIG
+
+    paths: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    claims: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+
+    @field_validator("paths", "methods", "groups", "users", "emails", "claims")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        # Only given values are validated: a templated `groups: []` must not read as
+        # "no condition" and open the rule to everyone.
+        if not value:
+            raise ValueError("empty: leave the key out for no condition")
+        return value
+
+    def spec(self) -> dict[str, Any]:
+        """The rule's given conditions as plain data, for `core.access.compile_policy`."""
+        return {k: v for k, v in self.model_dump(mode="python").items() if v}
+
+
 _APP_NAME = re.compile(r"[a-z0-9-]+")
 _NEEDS_OIDC = {"authentik", "password", "jwt", "introspection", "auto"}
 
@@ -527,6 +608,7 @@ class Application(BaseModel):
     intercept_header_auth: bool = True
     receive: ReceiveSettings = Field(default_factory=ReceiveSettings)
     send: SendSettings = Field(default_factory=SendSettings)
+    access: tuple[AccessRuleSettings, ...] = ()
 
     # Derived once, so the request path never compiles or parses.
 
@@ -558,6 +640,12 @@ class Application(BaseModel):
                 }
             )
         return values
+
+    @field_validator("access", mode="before")
+    @classmethod
+    def _access_absent(cls, value: Any) -> Any:
+        """`access:` with every rule commented out is None: no rules (SPEC §12)."""
+        return () if value is None else value
 
     @field_validator("name")
     @classmethod
@@ -654,9 +742,27 @@ class Application(BaseModel):
                         "(browsers would refuse the cookie)",
                     )
                 )
+        problems += self._access_problems()
         if problems:
             raise _problems(*problems)
         return self
+
+    def _access_problems(self) -> list[tuple[Loc, str]]:
+        try:
+            self._compile_access()
+        except AccessRuleError as exc:
+            return [(("access", *loc), msg) for loc, msg in exc.problems]
+        return []
+
+    def _compile_access(self) -> AccessPolicy:
+        attributes_claim = (
+            self.oidc.attributes_claim
+            if self.oidc is not None
+            else OIDCSettings.model_fields["attributes_claim"].default
+        )
+        return compile_policy(
+            [rule.spec() for rule in self.access], attributes_claim=attributes_claim
+        )
 
     # Derived values, computed once per (immutable) application: they are read on
     # every Check, where a pydantic private attribute would cost microseconds each.
@@ -665,6 +771,11 @@ class Application(BaseModel):
     def skip_paths(self) -> tuple[re.Pattern[str], ...]:
         """skip_path_regex, compiled; `.search()` them in the path without its query."""
         return tuple(re.compile(p) for p in self.skip_path_regex)
+
+    @cached_property
+    def access_policy(self) -> AccessPolicy:
+        """`access`, compiled (SPEC §12): judged per request after authentication."""
+        return self._compile_access()
 
     @cached_property
     def host_name(self) -> str:
@@ -690,7 +801,9 @@ class Application(BaseModel):
 
     @cached_property
     def redirect_uri(self) -> str:
-        return self.external_host.rstrip("/") + CALLBACK_PATH
+        """authentik's redirect URI of a proxy provider (SPEC §6), byte for byte: sent in
+        the authorize request and again at the code exchange."""
+        return self.external_host.rstrip("/") + CALLBACK_PATH + "?" + CALLBACK_QUERY
 
     @cached_property
     def cookie_name(self) -> str:
@@ -707,8 +820,83 @@ def _host_of(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
 
 
+def _split_provider_settings(data: Any) -> Any:
+    """With `authentik`, YAML applications that give no external_host are the local
+    settings of the provider of that name (SPEC §11), kept apart from the applications."""
+    if isinstance(data, Mapping) and "provider_settings" in data:
+        raise _problems((("provider_settings",), "is not a config key"))
+    if not isinstance(data, Mapping) or not data.get("authentik"):
+        return data
+    apps = data.get("applications") or []
+    if not isinstance(apps, list | tuple):
+        return data
+    own, local, errors = [], {}, []
+    for i, entry in enumerate(apps):
+        if isinstance(entry, Mapping) and "external_host" not in entry and entry.get("name"):
+            local[str(entry["name"])] = dict(entry)
+            try:
+                Application.model_validate({**entry, "external_host": _PROVIDER_STAND_IN})
+            except ValidationError as exc:
+                errors += [f"applications[{i}].{line}" for line in _error_lines(exc)]
+        else:
+            own.append(entry)
+    if errors:
+        # The file's own key paths (the entries are validated apart from the others).
+        raise ConfigError(errors)
+    return {**data, "applications": own, "provider_settings": local}
+
+
+class AuthentikSettings(BaseModel):
+    """authentik's API, when this service is one of its outposts (SPEC §11)."""
+
+    model_config = _MODEL_CONFIG
+
+    host: str
+    host_browser: str = ""
+    token: SecretStr
+    insecure: bool = False
+    refresh_interval: float | None = None  # None: the outpost's refresh_interval_s
+
+    @model_validator(mode="before")
+    @classmethod
+    def _files(cls, data: Any) -> Any:
+        return _secret_from_file(data, "token")
+
+    @field_validator("host", "host_browser")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value:
+            return value
+        _check_http_url(value, allow_path=True)
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("is empty (the outpost's token, from authentik's deployment info)")
+        return value
+
+    @field_validator("refresh_interval", mode="before")
+    @classmethod
+    def _interval(cls, value: object) -> float | None:
+        if value is None or value == "":
+            return None
+        seconds = _duration(value)
+        if seconds < 30:
+            raise ValueError("must be at least 30s (or empty: the outpost's own interval)")
+        return seconds
+
+
+# An outpost's YAML entry for a provider's slug is validated with this stand-in for
+# what the provider gives (external_host), so its own keys are checked at load.
+_PROVIDER_STAND_IN = "https://provider.invalid"
+
+
 class Settings(BaseModel):
-    """The whole configuration. Only `secret` and `applications` are required."""
+    """The whole configuration. Only `secret` and `applications` are required (with
+    `authentik`, applications may be none, and entries named after a provider's slug
+    that give no external_host are that provider's local settings)."""
 
     model_config = _MODEL_CONFIG
 
@@ -716,12 +904,21 @@ class Settings(BaseModel):
     secret: SecretStr
     store: StoreSettings = Field(default_factory=StoreSettings)
     directory: Directory | None = None
-    applications: tuple[Application, ...]
+    authentik: AuthentikSettings | None = None
+    applications: tuple[Application, ...] = ()
+    # With `authentik`: the YAML entries without external_host, by name (a provider's
+    # slug): what authentik has no field for, merged into that provider's settings.
+    # Derived, never a key of the file (exclude=True: not in the reference table nor in
+    # check-config's output, which shows the YAML entries under applications instead).
+    provider_settings: Mapping[str, Mapping[str, Any]] = Field(
+        default_factory=dict, exclude=True
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _files(cls, data: Any) -> Any:
-        return _secret_from_file(_empty_sections(data, "server", "store"), "secret")
+        data = _secret_from_file(_empty_sections(data, "server", "store"), "secret")
+        return _split_provider_settings(data)
 
     @field_validator("secret")
     @classmethod
@@ -731,12 +928,13 @@ class Settings(BaseModel):
             raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes long (got {size})")
         return value
 
-    @field_validator("applications")
-    @classmethod
-    def _applications(cls, value: tuple[Application, ...]) -> tuple[Application, ...]:
-        if not value:
-            raise ValueError("at least one application is required")
-        return value
+    @model_validator(mode="after")
+    def _some_application(self) -> Settings:
+        if not self.applications and self.authentik is None:
+            raise _problems(
+                (("applications",), "at least one application is required (or authentik)")
+            )
+        return self
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
@@ -903,6 +1101,70 @@ def _error_lines(exc: ValidationError) -> list[str]:
 # Loading
 
 
+# The environment-only start of an outpost (SPEC §11): variable -> (key path, default).
+OUTPOST_ENVIRONMENT = {
+    "AUTHENTIK_HOST": ("authentik.host", None),
+    "AUTHENTIK_TOKEN": ("authentik.token", None),
+    "AUTHENTIK_HOST_BROWSER": ("authentik.host_browser", ""),
+    "AUTHENTIK_INSECURE": ("authentik.insecure", "false"),
+    "EXT_AUTHZ_SECRET": ("secret", None),
+    "EXT_AUTHZ_STORE_URL": ("store.url", "memory://"),
+    "EXT_AUTHZ_LISTEN": ("server.listen", None),
+    "EXT_AUTHZ_HTTP_LISTEN": ("server.http_listen", None),
+    "EXT_AUTHZ_FORWARD_AUTH_LISTEN": ("server.forward_auth_listen", None),
+}
+_SECRET_CONTEXT = b"ext-authz secret from the outpost token"
+
+
+def outpost_environment(environ: Mapping[str, str]) -> bool:
+    """Whether `serve` with no -c may start (AUTHENTIK_HOST and AUTHENTIK_TOKEN set)."""
+    return bool(environ.get("AUTHENTIK_HOST") and environ.get("AUTHENTIK_TOKEN"))
+
+
+def settings_from_environment(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings of `ext-authz serve` with no config file: an authentik outpost
+    named by AUTHENTIK_HOST and AUTHENTIK_TOKEN, the rest from EXT_AUTHZ_* or their
+    defaults (SPEC §11). Errors name the variable."""
+    env = os.environ if environ is None else environ
+    missing = [name for name in ("AUTHENTIK_HOST", "AUTHENTIK_TOKEN") if not env.get(name)]
+    if missing:
+        raise ConfigError([f"{name}: required without a config file (-c)" for name in missing])
+    data: dict[str, Any] = {}
+    for name, (path, default) in OUTPOST_ENVIRONMENT.items():
+        text = env.get(name, "") or default
+        if text is None:
+            continue
+        section, _, key = path.rpartition(".")
+        target = data.setdefault(section, {}) if section else data
+        if name == "AUTHENTIK_INSECURE":
+            target[key] = text.strip().lower() in ("1", "true", "yes", "on")
+        else:
+            target[key] = text
+    if "secret" not in data:
+        # The same on every replica that shares the token, so they open each other's
+        # sessions; never the token itself.
+        token = env["AUTHENTIK_TOKEN"].encode()
+        data["secret"] = hmac.new(token, _SECRET_CONTEXT, hashlib.sha256).hexdigest()
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        by_path = {path: name for name, (path, _) in OUTPOST_ENVIRONMENT.items()}
+        lines = []
+        for line in _error_lines(exc):
+            loc, _, message = line.partition(": ")
+            lines.append(f"{by_path.get(loc, loc)}: {message}")
+        raise ConfigError(lines) from None
+
+
+def validate_application(data: Mapping[str, Any], where: str) -> Application:
+    """One application's settings from another source than the file (SPEC §11); raise
+    ConfigError with one line per problem, each under `where` (e.g. the provider)."""
+    try:
+        return Application.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([f"{where}.{line}" for line in _error_lines(exc)]) from None
+
+
 def parse_settings(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     """Validate already-parsed YAML; raise ConfigError with one line per problem."""
     if not isinstance(data, Mapping):
@@ -1034,6 +1296,15 @@ def redacted(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="python")
     data["store"]["url"] = redact_store_url(settings.store.url)
     result = _scrub(data, sensitive, in_attributes=False)
+    assert isinstance(result, dict)
+    return result
+
+
+def redacted_application(app: Application) -> dict[str, Any]:
+    """One application's effective settings as plain data, secrets redacted (an
+    outpost's check-config prints the applications authentik's providers become)."""
+    sensitive = {app.send.basic.password_attribute} - {""}
+    result = _scrub(app.model_dump(mode="python"), sensitive, in_attributes=False)
     assert isinstance(result, dict)
     return result
 

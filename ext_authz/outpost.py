@@ -31,8 +31,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ext_authz.config import validate_application
 from ext_authz.crypto import hmac_hex, open_sealed, seal
-from ext_authz.errors import AuthentikRefused, AuthentikUnavailable, StoreUnavailable
+from ext_authz.errors import (
+    AuthentikRefused,
+    AuthentikUnavailable,
+    ConfigError,
+    StoreUnavailable,
+)
 from ext_authz.logs import event
 from ext_authz.ports import Namespace
 
@@ -42,7 +48,7 @@ if TYPE_CHECKING:
     from ext_authz.ports import ByteStore
     from ext_authz.table import AppTable
 
-__all__ = ["Fetched", "Outpost"]
+__all__ = ["Composer", "Fetched", "Outpost", "merge_local"]
 
 DEFAULT_INTERVAL = 300.0  # authentik's outpost: refresh_interval_s <= 0 means 5 minutes
 MIN_INTERVAL = 30.0
@@ -69,6 +75,96 @@ Fetch = Callable[[], Awaitable[Fetched]]
 Compose = Callable[[Sequence[Mapping[str, Any]]], tuple[list["Application"], list[str]]]
 # Builds a table of these applications and swaps it in: (applications, sources, fetched_at).
 Install = Callable[[Sequence["Application"], Mapping[str, int], float], "AppTable"]
+
+
+def merge_local(
+    provider: Mapping[str, Any], local: Mapping[str, Any], where: str
+) -> dict[str, Any]:
+    """A provider's settings with the YAML's local settings of the same name added
+    (SPEC §11 "Local settings"): what authentik has no field for. A key both set is a
+    ConfigError naming it (one source of truth); nested sections merge key by key."""
+    problems: list[str] = []
+
+    def merge(a: Mapping[str, Any], b: Mapping[str, Any], path: str) -> dict[str, Any]:
+        out = dict(a)
+        for key, value in b.items():
+            loc = f"{path}.{key}"
+            if key not in out:
+                out[key] = value
+            elif isinstance(out[key], Mapping) and isinstance(value, Mapping):
+                out[key] = merge(out[key], value, loc)
+            elif key != "name":
+                problems.append(
+                    f"{loc}: set by the authentik provider; remove it from the YAML "
+                    "(one source of truth)"
+                )
+        return out
+
+    merged = merge(provider, local, where)
+    if problems:
+        raise ConfigError(problems)
+    return merged
+
+
+class Composer:
+    """The applications of a table from the providers' settings (SPEC §11): each merged
+    with its local YAML settings and validated, beside the YAML's own applications.
+
+    A provider that fails validation, whose local settings clash with it, or whose
+    host another application already serves is left out with a problem naming it and
+    the field; the others stand. The `Application` of a mapping seen before is reused
+    (keyed by its canonical JSON), so an unchanged provider costs a dictionary lookup
+    and keeps its place in the table builder's reuse (and the service's memos)."""
+
+    def __init__(
+        self, file_apps: Sequence[Application], local: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        self._file_apps = tuple(file_apps)
+        self._local = {name: dict(values) for name, values in local.items()}
+        self._cache: dict[str, Application] = {}
+
+    def __call__(
+        self, providers: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[Application], list[str]]:
+        problems: list[str] = []
+        routes: dict[tuple[str, int], str] = {}
+        names: set[str] = set()
+        for app in self._file_apps:
+            names.add(app.name)
+            for host in app.all_host_names:
+                routes[(host, app.port)] = app.name
+        chosen: list[Application] = []
+        cache: dict[str, Application] = {}
+        for mapping in providers:
+            name = str(mapping.get("name", ""))
+            where = f"authentik provider {name or '?'}"
+            try:
+                merged = merge_local(mapping, self._local.get(name, {}), where)
+                key = json.dumps(merged, sort_keys=True, separators=(",", ":"), default=str)
+                app = self._cache.get(key) or validate_application(merged, where)
+            except ConfigError as exc:
+                problems.extend(exc.errors)
+                continue
+            if app.name in names:
+                problems.append(f"{where}.name: {app.name!r} is already an application")
+                continue
+            clash = next(
+                (routes[(h, app.port)] for h in app.all_host_names if (h, app.port) in routes),
+                None,
+            )
+            if clash is not None:
+                problems.append(
+                    f"{where}.external_host: {app.host_name} port {app.port} is already "
+                    f"served by {clash}"
+                )
+                continue
+            cache[key] = app
+            names.add(app.name)
+            for host in app.all_host_names:
+                routes[(host, app.port)] = app.name
+            chosen.append(app)
+        self._cache = cache
+        return [*chosen, *self._file_apps], problems
 
 
 @dataclass

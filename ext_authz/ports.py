@@ -22,6 +22,7 @@ class Namespace:
 
     SESSION = "session"  # key: sha256(cookie value) hex
     SUB_INDEX = "sub"  # key: hmac(app, sub) hex; members: session keys
+    SID_INDEX = "sid"  # key: hmac("sid", sid) hex, across applications; members: session keys
     CREDENTIAL = "cred"  # key: hmac(secret, app + header value) hex
     LOGIN = "login"  # key: hmac(secret, app, state, login cookie) hex
     CLAIM = "claim"  # key: a credential cache key; "one replica verifies this now"

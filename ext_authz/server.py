@@ -339,6 +339,10 @@ async def _supervisor(settings: Settings, metrics_dir: str, reload: Reload | Non
 
     # The supervisor's readiness probe: its own store connection and discovery cache.
     probe = build(settings, Metrics(registry=_scratch_registry()))
+    if settings.authentik is not None:
+        # Its /readyz says whether the providers are loaded: it follows authentik as
+        # the workers do (one more instance in authentik's list of this outpost).
+        await probe.start()
     listeners: list[Listener] = []
     if settings.server.http_listen:
         operations = OperationsHandler(probe.readiness)

@@ -285,6 +285,8 @@ class CheckService:
                 verdict=verdict,
             )
         )
+        if isinstance(outcome_now, steps.Refused):
+            return app, self._refused(request, app, outcome_now)
         if isinstance(outcome_now, steps.StartLogin):
             return None  # a login state to store
         if isinstance(outcome_now, Allow) and outcome_now.create_session:
@@ -366,6 +368,8 @@ class CheckService:
                 verdict=verdict,
             )
         )
+        if isinstance(outcome, steps.Refused):
+            return self._refused(request, app, outcome)
         if isinstance(outcome, steps.StartLogin):
             if can_redirect:
                 answer = await self._start_login(request, rt, outcome.return_to)
@@ -475,6 +479,20 @@ class CheckService:
                 request_id=request.request_id,
             )
         return outcome, None
+
+    def _refused(self, request: AuthRequest, app: Application, refused: steps.Refused) -> Deny:
+        """SPEC §12's one log line for a refusal: who and which rule, never the claim
+        values the rule looked at. The session stays as it is."""
+        event(
+            logging.INFO,
+            "access refused",
+            app=app.name,
+            sub=refused.identity.sub,
+            rule=refused.rule if refused.rule >= 0 else "none",
+            method=refused.deny.method,
+            request_id=request.request_id,
+        )
+        return refused.deny
 
     def _log_rejected(self, request: AuthRequest, app: str, method: str, reason: str) -> None:
         event(

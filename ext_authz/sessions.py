@@ -5,11 +5,17 @@ What is stored where (namespaces from `ext_authz.ports.Namespace`):
 
     session        SESSION     sha256(cookie value)            cookie value, b"session"
     per-sub index  SUB_INDEX   hmac(secret, "sub", app, sub)   (set of session keys)
+    per-sid index  SID_INDEX   hmac(secret, "sid", sid)        (set of session keys)
     credential     CREDENTIAL  hmac(secret, app, header)       header value, b"credential"
     login state    LOGIN       hmac(secret, "login", app,      state + login cookie,
                                state, login cookie)            b"login"
 
 (columns: record, namespace, store key, sealed with: HKDF material and context)
+
+The per-sid index spans applications: `sid` is the IdP's session (authentik's, one
+per browser sign-in at authentik, shared by every application signed in from it), so
+authentik's SESSION_END for it ends that user's sessions everywhere. Sessions whose
+identity has no `sid` are in no sid index.
 
 The server `secret` is also the HKDF salt of every seal, so a store copy alone does
 not allow offline guessing of a weak Basic password against a cached credential.
@@ -166,6 +172,9 @@ class SessionRepository(_LocallyCached[SessionRecord]):
     def _sub_key(self, app: str, sub: str) -> str:
         return hmac_hex(self._secret, "sub", app, sub)
 
+    def _sid_key(self, sid: str) -> str:
+        return hmac_hex(self._secret, "sid", sid)
+
     async def create(self, app: str, identity: Identity, expires_at: float) -> str:
         """Store a new session; return its cookie value (the only copy of it).
 
@@ -193,6 +202,8 @@ class SessionRepository(_LocallyCached[SessionRecord]):
         # Index first: an index entry without its session is harmless, a session
         # missing from its index would survive "sign out everywhere".
         await self._store.index_add(Namespace.SUB_INDEX, self._sub_key(app, identity.sub), key, ttl)
+        if identity.sid:
+            await self._store.index_add(Namespace.SID_INDEX, self._sid_key(identity.sid), key, ttl)
         await self._store.set(Namespace.SESSION, key, blob, ttl)
         record = SessionRecord(app, identity, now, expires_at, key)
         self._local.put(key, record, ttl)
@@ -235,7 +246,20 @@ class SessionRepository(_LocallyCached[SessionRecord]):
     async def end_all_for(self, app: str, sub: str) -> int:
         """End every session of `sub` in `app`, on every replica; return how many
         were still live."""
-        keys = await self._store.index_pop_all(Namespace.SUB_INDEX, self._sub_key(app, sub))
+        return await self._end_indexed(Namespace.SUB_INDEX, self._sub_key(app, sub))
+
+    async def end_all_for_sid(self, sid: str) -> int:
+        """End every session made from the IdP session `sid`, in every application and
+        on every replica (authentik's SESSION_END); return how many were still live.
+        An empty `sid` ends nothing (sessions without one are in no index)."""
+        if not sid:
+            return 0
+        return await self._end_indexed(Namespace.SID_INDEX, self._sid_key(sid))
+
+    async def _end_indexed(self, namespace: str, index_key: str) -> int:
+        """End the sessions of one index: taken from the store, dropped from this
+        replica's local cache and, through the invalidation channel, from the others'."""
+        keys = await self._store.index_pop_all(namespace, index_key)
         ended = 0
         for key in keys:
             self._local.delete(key)

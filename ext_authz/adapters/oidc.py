@@ -19,9 +19,13 @@ Nothing is fetched in the constructor: discovery happens on first use and is cac
 once good, so a service whose IdP is down still starts; after a failed discovery the
 next attempt waits `DISCOVERY_RETRY` seconds.
 
-Signatures: asymmetric algorithms verify with the issuer's JWKS (`JWKSCache`);
-id_tokens may also be HMAC-signed with the client secret (OIDC Core §10.1). Bearer
-tokens never accept HMAC (the "public key as HMAC secret" confusion) nor `none`.
+Signatures: asymmetric algorithms verify with the issuer's JWKS (`JWKSCache`).
+HMAC (HS256/384/512) verifies with the client secret (OIDC Core §10.1), and only for
+an algorithm the discovery's `id_token_signing_alg_values_supported` lists: authentik
+signs a proxy provider's id_tokens and JWT access tokens HS256 with the client secret
+and says so there. An IdP that does not list it gets every HMAC token refused, id_token
+and Bearer alike (algorithm confusion: a token "signed" with a public key or a guessed
+secret). The key is always the client secret, never JWKS material; `none` never passes.
 """
 
 from __future__ import annotations
@@ -81,6 +85,14 @@ class Discovery:
     userinfo_endpoint: str | None = None
     introspection_endpoint: str | None = None
     end_session_endpoint: str | None = None
+    # As the discovery document names it; the HMAC algorithms listed here are the only
+    # ones accepted (with the client secret).
+    id_token_signing_alg_values_supported: tuple[str, ...] = ()
+
+    @property
+    def hmac_algorithms(self) -> frozenset[str]:
+        """The HMAC algorithms this IdP signs with (keyed with the client secret)."""
+        return _HMAC_ALGORITHMS.intersection(self.id_token_signing_alg_values_supported)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +172,19 @@ class OIDCClient:
             return self._discovery
 
     async def _load_discovery(self) -> Discovery:
+        given = self._settings.endpoints
+        if given is not None:
+            # As given (SPEC §11: an authentik provider's oidc_configuration): no request.
+            return Discovery(
+                issuer=self._settings.issuer,
+                authorization_endpoint=given.authorization_endpoint,
+                token_endpoint=given.token_endpoint,
+                jwks_uri=given.jwks_uri,
+                userinfo_endpoint=given.userinfo_endpoint or None,
+                introspection_endpoint=given.introspection_endpoint or None,
+                end_session_endpoint=given.end_session_endpoint or None,
+                id_token_signing_alg_values_supported=given.id_token_signing_alg_values_supported,
+            )
         issuer = self._settings.issuer.rstrip("/")
         url = f"{issuer}/.well-known/openid-configuration"
         status, doc = await self._call("discovery", "GET", url)
@@ -182,11 +207,16 @@ class OIDCClient:
             userinfo_endpoint=_optional_str(doc.get("userinfo_endpoint")),
             introspection_endpoint=_optional_str(doc.get("introspection_endpoint")),
             end_session_endpoint=_optional_str(doc.get("end_session_endpoint")),
+            id_token_signing_alg_values_supported=_strings(
+                doc.get("id_token_signing_alg_values_supported")
+            ),
             **required,
         )
 
     async def _fetch_jwks(self) -> Mapping[str, Any]:
         d = await self.discovery()
+        if not d.jwks_uri:
+            raise IdPUnavailable("jwks: the IdP names no jwks_uri")
         status, doc = await self._call("jwks", "GET", d.jwks_uri)
         if status != 200:
             raise IdPUnavailable(f"jwks: HTTP {status}")
@@ -291,13 +321,28 @@ class OIDCClient:
         except jwt.PyJWTError:
             return Rejected("malformed token")
         alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in ASYMMETRIC_ALGORITHMS:
-            return Rejected("alg not allowed")
-        key = await self._jwks.key_for(_kid(header), alg)
-        if key is None:
-            return Rejected("unknown key")
+        key = await self._signature_key(header, d)
+        if isinstance(key, Rejected):
+            return key
+        assert isinstance(alg, str)
         claims = self._decode(token, key, alg, (self._settings.client_id, *audiences), d)
         return self._verified(claims, token=token, id_token="")
+
+    async def _signature_key(
+        self, header: Mapping[str, Any], d: Discovery
+    ) -> jwt.PyJWK | bytes | Rejected:
+        """The key a JWS with this header must verify with, or why there is none.
+
+        Asymmetric: the JWKS key (by kid and alg). HMAC: the client secret, only when
+        the discovery lists that algorithm and a secret is configured."""
+        alg = header.get("alg")
+        if isinstance(alg, str) and alg in ASYMMETRIC_ALGORITHMS:
+            found = await self._jwks.key_for(_kid(header), alg)
+            return found if found is not None else Rejected("unknown key")
+        secret = self._secret()
+        if isinstance(alg, str) and alg in d.hmac_algorithms and secret:
+            return secret.encode()
+        return Rejected("alg not allowed")
 
     async def _introspect(
         self, token: str, audiences: tuple[str, ...], d: Discovery
@@ -365,17 +410,10 @@ class OIDCClient:
         except jwt.PyJWTError as exc:
             raise TokenError("malformed token") from exc
         alg = header.get("alg")
-        key: jwt.PyJWK | bytes
-        secret = self._secret()
-        if isinstance(alg, str) and alg in ASYMMETRIC_ALGORITHMS:
-            found = await self._jwks.key_for(_kid(header), alg)
-            if found is None:
-                raise TokenError("unknown key")
-            key = found
-        elif isinstance(alg, str) and alg in _HMAC_ALGORITHMS and secret:
-            key = secret.encode()
-        else:
-            raise TokenError("alg not allowed")
+        key = await self._signature_key(header, d)
+        if isinstance(key, Rejected):
+            raise TokenError(key.reason)
+        assert isinstance(alg, str)
         claims = self._decode(id_token, key, alg, (self._settings.client_id,), d)
         azp = claims.get("azp")
         if azp is not None and azp != self._settings.client_id:
@@ -521,13 +559,14 @@ class OIDCClient:
         Timeouts, connection errors, 5xx, 408/429 and a 2xx without a JSON object
         raise IdPUnavailable; a 4xx without JSON comes back as an empty mapping.
         """
+        sent = {"Accept": "application/json", **(headers or {})}
+        if self._settings.backchannel_host:
+            # The IdP reached by one name and known to browsers by another (authentik's
+            # host_browser): it sees the browsers' host, so its issuer matches.
+            sent["Host"] = self._settings.backchannel_host
         try:
             response = await self._http.request(
-                method,
-                url,
-                data=data,
-                headers={"Accept": "application/json", **(headers or {})},
-                timeout=self._settings.timeout,
+                method, url, data=data, headers=sent, timeout=self._settings.timeout
             )
         except httpx.TimeoutException as exc:
             self._note(endpoint, "error")
@@ -578,6 +617,12 @@ def _oauth_error(body: Mapping[str, Any], status: int) -> str:
 def _kid(header: Mapping[str, Any]) -> str | None:
     kid = header.get("kid")
     return kid if isinstance(kid, str) else None
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, str))
 
 
 def _optional_str(value: Any) -> str | None:

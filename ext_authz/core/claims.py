@@ -28,7 +28,8 @@ def identity_from_claims(
 
     `sub` is required (ValueError without it: a token that names nobody is no
     identity). `preferred_username` falls back to `username` (RFC 7662 responses
-    carry that) and then to `sub`, so the username header is never empty.
+    carry that) and then to `sub`, so the username header is never empty. `sid` (the
+    IdP session the token belongs to) is kept when it is a string.
     """
     sub = claims.get("sub")
     if not isinstance(sub, str | int) or isinstance(sub, bool) or str(sub) == "":
@@ -47,6 +48,7 @@ def identity_from_claims(
         id_token=id_token,
         provider=provider,
         expires_at=_number(claims.get("exp")),
+        sid=_string(claims.get("sid")),
     )
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "Deny",
     "deny_no_http",
     "error_page",
+    "forbidden",
     "not_found_app",
     "redirect",
     "throttled_page",
@@ -136,6 +137,25 @@ def unauthorized(
         reason=reason,
         headers=(*challenges, *headers, ("cache-control", "no-store")),
         body=body,
+    )
+
+
+def forbidden(request: AuthRequest, *, app_name: str) -> Deny:
+    """403 `forbidden`: authenticated, but the application's access rules refuse (SPEC
+    §12). JSON when the client accepts it, else a small page; never cached."""
+    if wants_json(request):
+        headers, body = _body(request, "forbidden", "access denied", 403)
+        return Deny(
+            status=403,
+            reason="forbidden",
+            headers=(*headers, ("cache-control", "no-store")),
+            body=body,
+        )
+    return error_page(
+        403,
+        title="Access denied",
+        detail=f"You are signed in, but you may not use this part of {app_name}.",
+        reason="forbidden",
     )
 
 

@@ -67,6 +67,9 @@ class Identity:
     `credential_ref` names the directory credential the identity was verified with (a
     keyed reference, never the secret), so a session or cached credential made from
     it ends when the directory no longer holds it; "" for identities from the IdP.
+    `sid` is the IdP's session id (the token's `sid` claim; "" without one): authentik
+    names it in SESSION_END when that IdP session ends, and the sessions made from it
+    end too (SPEC §11).
     """
 
     sub: str
@@ -81,6 +84,7 @@ class Identity:
     provider: str = ""
     expires_at: float | None = None
     credential_ref: str = field(default="", repr=False)
+    sid: str = field(default="", repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +100,7 @@ class Identity:
             "provider": self.provider,
             "expires_at": self.expires_at,
             "credential_ref": self.credential_ref,
+            "sid": self.sid,
         }
 
     @classmethod
@@ -115,6 +120,8 @@ class Identity:
             provider=str(data.get("provider") or ""),
             expires_at=float(expires_at) if expires_at is not None else None,
             credential_ref=str(data.get("credential_ref") or ""),
+            # Records stored before `sid` existed have none: "" (indexed by nothing).
+            sid=str(data.get("sid") or ""),
         )
 
 

@@ -7,6 +7,7 @@ paths) happen before, in `ext_authz.core.routing`.
 
     4. session valid                         -> Allow(session)
     5. header verified                       -> Allow(basic|bearer), maybe a new session
+    4/5. ...but the access rules refuse      -> Refused: 403 forbidden, session kept (§12)
        header present but not valid          -> remembered
        verifier unavailable (IdP down)       -> 503 unless a skip path
        client past its guessing limit        -> 429 unless a skip path
@@ -19,9 +20,10 @@ paths) happen before, in `ext_authz.core.routing`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from ext_authz.core.access import ADMIT
 from ext_authz.core.cookies import CookieHeader, expire_cookie, session_cookie
 from ext_authz.core.credentials import (
     AUTHENTIK_TOKEN_USERNAME,
@@ -34,6 +36,7 @@ from ext_authz.core.credentials import (
 from ext_authz.core.decision import (
     Allow,
     Deny,
+    forbidden,
     too_many_requests,
     unauthorized,
     unavailable,
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Facts",
+    "Refused",
     "StartLogin",
     "challenge",
     "cookie_names",
@@ -82,6 +86,18 @@ class StartLogin:
 
     return_to: str
     expire_session: bool = False  # the request carried a cookie that did not resolve
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The identity is authenticated, and the application's access rules refuse this
+    request (SPEC §12). `deny` is the answer (403 `forbidden`); the service logs
+    `identity.sub` and `rule` (the refusing rule's index, `core.access.NO_RULE` when
+    none matched) and keeps the session: nothing here ends or creates one."""
+
+    deny: Deny
+    identity: Identity
+    rule: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,14 +175,21 @@ def original_url(request: AuthRequest, app: Application) -> str:
     return f"{scheme}://{request.host}{request.path}{query}"
 
 
-def decide(facts: Facts) -> Allow | Deny | StartLogin:
+def decide(facts: Facts) -> Allow | Deny | StartLogin | Refused:
     request, app = facts.request, facts.app
     if facts.session is not None:
+        refused = _refused(facts, facts.session, "session")
+        if refused is not None:
+            return refused if not _is_skip_path(request, app) else _skip(facts)
         return _allow(facts, facts.session, "session", consumed=False, create_session=False)
 
     verdict = facts.verdict
     method = _method(facts.credential)
     if isinstance(verdict, Verified):
+        # Judged before any session is offered: a refused header gets none (SPEC §12).
+        refused = _refused(facts, verdict.identity, method)
+        if refused is not None:
+            return refused if not _is_skip_path(request, app) else _skip(facts)
         # A session per verification, not per request: a client that never sends the
         # cookie back (curl, scripts) is answered from the credential cache and gets
         # no new session each time, which would otherwise fill the store.
@@ -175,7 +198,7 @@ def decide(facts: Facts) -> Allow | Deny | StartLogin:
 
     invalid = isinstance(facts.credential, MalformedCredential) or isinstance(verdict, Rejected)
     if _is_skip_path(request, app):
-        return _allow(facts, None, "skip", consumed=False, create_session=False)
+        return _skip(facts)
 
     if isinstance(verdict, Unavailable):
         return _expiring(
@@ -208,6 +231,32 @@ def decide(facts: Facts) -> Allow | Deny | StartLogin:
             facts, invalid_token=False, detail="authentication required", reason="unauthenticated"
         )
     return StartLogin(return_to=original_url(request, app), expire_session=facts.stale_cookie)
+
+
+def _skip(facts: Facts) -> Allow:
+    """Step 6's answer. Also for an identity the access rules refuse on a skip path:
+    skip paths stay open to everyone (SPEC §12), so the refused identity passes as an
+    anonymous request would, without its headers."""
+    return _allow(facts, None, "skip", consumed=False, create_session=False)
+
+
+def _refused(facts: Facts, identity: Identity, method: str) -> Refused | None:
+    """The access rules' verdict on an authenticated request (SPEC §12), judged on
+    every request (paths and methods vary, so no cached allow can stand for it), in
+    the normalised path skip paths see."""
+    policy = facts.app.access_policy
+    if not policy:
+        return None
+    request = facts.request
+    method_name = request.method
+    if not method_name.isupper():
+        # Judged as the upper-case method, so `post` cannot slip past a POST rule.
+        method_name = method_name.upper()
+    rule = policy.evaluate(identity, normalize_path(request.path), method_name)
+    if rule is ADMIT:
+        return None
+    deny = replace(forbidden(request, app_name=facts.app.name), method=method)
+    return Refused(deny=_expiring(facts, deny), identity=identity, rule=rule)
 
 
 def _is_skip_path(request: AuthRequest, app: Application) -> bool:

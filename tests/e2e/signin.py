@@ -46,10 +46,16 @@ def to_callback(
         first = browser.get(urljoin(str(first.url), first.headers["location"]), headers=HTML)
     authorize = first.headers["location"]
     assert authorize.startswith(stack.idp.issuer)
+    return browser, authorize, idp_forms(browser, authorize, stack.idp.issuer, user)
+
+
+def idp_forms(browser: httpx.Client, authorize: str, issuer: str, user: DemoUser) -> str:
+    """Fill the IdP's login and consent forms from `authorize` on, as a browser would;
+    return the URL the IdP sends the browser back to (the callback, not yet opened)."""
     url = authorize
     for _ in range(20):
-        if not url.startswith(stack.idp.issuer):
-            break
+        if not url.startswith(issuer):
+            return url
         page = browser.get(url)
         if page.status_code in (302, 303):
             url = urljoin(url, page.headers["location"])
@@ -63,9 +69,7 @@ def to_callback(
             answer = browser.post(url, data={"prompt": "consent"})
         assert answer.status_code in (302, 303), (answer.status_code, answer.text[:300])
         url = urljoin(url, answer.headers["location"])
-    else:
-        raise AssertionError("the IdP never sent the browser back")
-    return browser, authorize, url
+    raise AssertionError("the IdP never sent the browser back")
 
 
 def sign_in(

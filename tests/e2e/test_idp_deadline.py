@@ -59,10 +59,11 @@ def test_a_slow_idp_chain_is_our_503_before_envoys_timeout(
 def test_a_slow_code_exchange_is_our_503_page_before_envoys_timeout(
     workdir: Path, echo_server: EchoServer, redis_server: RedisServer
 ) -> None:
-    with private_idp_stack(workdir, echo_server, redis_server, name="slow-exchange") as (
-        stack,
-        idp,
-    ):
+    # RS256, so the exchange is a chain (token, then JWKS); authentik's HS256 needs no
+    # JWKS, and the chain of the first test covers its calls.
+    with private_idp_stack(
+        workdir, echo_server, redis_server, name="slow-exchange", id_token_alg="RS256"
+    ) as (stack, idp):
         assert stack.idp is not None
         browser = stack.client()
         callback = to_the_callback(browser, stack.url("app", "/page"), idp.issuer)

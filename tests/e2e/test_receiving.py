@@ -132,14 +132,19 @@ def test_without_intercept_invalid_header_is_ignored(make_stack: Any) -> None:
 def test_jwt_access_tokens_are_checked_for_audience(shared: Stack) -> None:
     idp = shared.idp
     assert idp is not None
-    token = idp.mint_access_token(OIDC_CLIENT_ID, "bob", fmt="jwt")
-    ok = shared.get("app", "/", headers={"Authorization": f"Bearer {token}"})
-    assert echoed(ok)["x-authentik-username"] == ["bob"]
+    # HS256 with the client secret (authentik's proxy provider) and RS256 both pass.
+    for alg in ("HS256", "RS256"):
+        token = idp.mint_access_token(OIDC_CLIENT_ID, "bob", fmt="jwt", alg=alg)
+        ok = shared.get("app", "/", headers={"Authorization": f"Bearer {token}"})
+        assert echoed(ok)["x-authentik-username"] == ["bob"], alg
 
-    other = idp.mint_access_token(OTHER_CLIENT_ID, "bob", fmt="jwt")
-    denied = shared.get("app", "/", headers={"Authorization": f"Bearer {other}"})
-    assert denied.status_code == 401
-    assert 'error="invalid_token"' in " ".join(denied.headers.get_list("www-authenticate"))
+    # Another application's tokens do not: RS256 (a good signature, the wrong audience)
+    # and HS256 (keyed with that application's secret, not ours).
+    for alg in ("RS256", "HS256"):
+        other = idp.mint_access_token(OTHER_CLIENT_ID, "bob", fmt="jwt", alg=alg)
+        denied = shared.get("app", "/", headers={"Authorization": f"Bearer {other}"})
+        assert denied.status_code == 401, alg
+        assert 'error="invalid_token"' in " ".join(denied.headers.get_list("www-authenticate"))
 
 
 def test_alg_none_token_is_rejected(shared: Stack) -> None:

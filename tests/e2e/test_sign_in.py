@@ -3,6 +3,7 @@ the IdP (SPEC §6, §8). The httpx "browser" keeps cookies per host as a browser
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -12,14 +13,18 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import jwt
 import pytest
 
+from ext_authz.adapters.redis_store import RedisStore
 from ext_authz.core.cookies import cookie_name_for
 from ext_authz.core.login import code_challenge
+from ext_authz.sessions import SessionRepository
 from tests.e2e.signin import HTML, authorize_params, sign_in
-from tests.stack.demo import ALICE, BOB, OIDC_CLIENT_ID, Stack
+from tests.stack.demo import ALICE, BOB, OIDC_CLIENT_ID, OIDC_CLIENT_SECRET, Stack
+from tests.stack.demo import SECRET as DEMO_SECRET
 from tests.stack.echo import EchoServer
-from tests.stack.idp import IdP
+from tests.stack.idp import AUTHENTIK_CALLBACK, IdP
 from tests.stack.proc import wait_until
 from tests.stack.redis import RedisServer
 
@@ -46,7 +51,7 @@ def test_redirect_carries_pkce_nonce_state_and_redirect_uri(stack: Stack) -> Non
     params = authorize_params(response.headers["location"])
     assert params["response_type"] == "code"
     assert params["client_id"] == OIDC_CLIENT_ID
-    assert params["redirect_uri"] == stack.url("app", "/outpost.goauthentik.io/callback")
+    assert params["redirect_uri"] == stack.url("app", AUTHENTIK_CALLBACK)
     assert params["code_challenge_method"] == "S256"
     assert len(params["code_challenge"]) == 43
     assert len(params["state"]) >= 32 and len(params["nonce"]) >= 32
@@ -77,6 +82,16 @@ def test_sign_in_end_to_end_and_replay(stack: Stack) -> None:
         page = browser.get(flow.final.headers["location"], headers=HTML)
         assert page.status_code == 200
         assert "x-authentik-username" in page.text and "alice" in page.text
+        # authentik's strict redirect URI: the IdP sent the browser back to it, query
+        # kept; the tokens were HS256 with the client secret, as authentik signs them.
+        assert flow.callback_url.startswith(stack.url("app", AUTHENTIK_CALLBACK + "&"))
+        echoed = browser.get(stack.url("app", "/echo"))
+        (upstream_jwt,) = json.loads(echoed.text)["headers"]["x-authentik-jwt"]
+        assert jwt.get_unverified_header(upstream_jwt)["alg"] == "HS256"
+        claims = jwt.decode(
+            upstream_jwt, OIDC_CLIENT_SECRET, algorithms=["HS256"], audience=OIDC_CLIENT_ID
+        )
+        assert claims["sub"] == ALICE.username
 
         # Replaying the callback URL fails: the state is single use.
         replay = browser.get(flow.callback_url, headers=HTML)
@@ -183,6 +198,49 @@ def test_session_from_a_works_on_b_and_sign_out_ends_all(replicas_ab: tuple[Stac
     print(f"sessions ended on B {time.monotonic() - signed_out:.2f}s after the sign-out on A")
     assert _on(b, one).status_code == 302, "sign-out ended the session on B"
     assert _on(b, two).status_code == 302, "sign-out ended the user's other session"
+
+
+def _new_sid(idp: IdP, username: str, before: list[str]) -> str:
+    (sid,) = [s for s in idp.sids(username) if s not in before]
+    return sid
+
+
+def test_ending_an_idp_session_by_sid_ends_its_sessions_on_both_replicas(
+    replicas_ab: tuple[Stack, Stack],
+) -> None:
+    """What authentik's SESSION_END does (SPEC §11): the sessions made from one IdP
+    session (the id_token's `sid`) end on every replica; another sign-in of the same
+    user, from another IdP session, stays. The repository below is what the websocket
+    handler calls, over the replicas' own Redis and key prefix."""
+    a, b = replicas_ab
+    assert a.idp is not None and a.redis is not None
+    idp = a.idp
+    before = idp.sids(BOB.username)
+    first = session_pair(sign_in(a, BOB).final)
+    first_sid = _new_sid(idp, BOB.username, before)
+    before = idp.sids(BOB.username)
+    second = session_pair(sign_in(b, BOB).final)  # another browser: another IdP session
+    second_sid = _new_sid(idp, BOB.username, before)
+    assert first and second and first_sid != second_sid
+    for stack in (a, b):  # each replica now holds both sessions in its local cache
+        assert _on(stack, first).status_code == 200
+        assert _on(stack, second).status_code == 200
+
+    async def end_first() -> int:
+        store = RedisStore.from_url(a.redis.url, key_prefix="ext-authz-ab:", timeout=5)
+        try:
+            repo = SessionRepository(store, secret=DEMO_SECRET.encode(), local_ttl=0)
+            return await repo.end_all_for_sid(first_sid)
+        finally:
+            await store.close()
+
+    assert asyncio.run(end_first()) == 1
+    wait_until(
+        lambda: _on(a, first).status_code == 302 and _on(b, first).status_code == 302,
+        30.0,
+        "both replicas to drop the session of the ended IdP session",
+    )
+    assert _on(a, second).status_code == 200 and _on(b, second).status_code == 200
 
 
 def test_redis_down_old_session_is_503_and_recovery_needs_no_restart(

@@ -80,7 +80,8 @@ const clients = (config.clients ?? []).map((c) => {
 // Identity claims, shaped like authentik's scope mappings.
 
 const SCOPE_CLAIMS = {
-  openid: ['sub'],
+  // `sid` only in id_tokens of the browser sign-in (see findAccount).
+  openid: ['sub', 'sid'],
   profile: ['name', 'given_name', 'preferred_username', 'nickname', 'groups', 'entitlements'],
   email: ['email', 'email_verified'],
   ak_proxy: ['ak_proxy'],
@@ -117,7 +118,9 @@ function claimsForScopes(user, scopes) {
   const all = allClaims(user);
   const out = { sub: all.sub };
   for (const scope of scopes) {
-    for (const claim of SCOPE_CLAIMS[scope] ?? []) out[claim] = all[claim];
+    for (const claim of SCOPE_CLAIMS[scope] ?? []) {
+      if (all[claim] !== undefined) out[claim] = all[claim];
+    }
   }
   return out;
 }
@@ -149,6 +152,17 @@ function matchesAny(candidates, presented) {
 if (config.hang_once_file && existsSync(config.hang_once_file)) {
   unlinkSync(config.hang_once_file);
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// The IdP sessions (sids) each user's id_tokens named, in order, for GET /_test/sids.
+
+const sidsByUser = new Map();
+
+function rememberSid(username, sid) {
+  const known = sidsByUser.get(username) ?? [];
+  if (!known.includes(sid)) known.push(sid);
+  sidsByUser.set(username, known.slice(-100));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -197,13 +211,26 @@ const provider = new Provider(issuer, {
       },
     },
   },
-  async findAccount(ctx, id) {
+  async findAccount(ctx, id, token) {
     const user = users.get(id);
     if (!user) return undefined;
+    // authentik's id_token `sid`: a hash of its session's key, one per browser session
+    // at the IdP and the same for every application signed in from it (SESSION_END
+    // names it). Here: a hash of oidc-provider's session uid, which the authorization
+    // code carries to the token endpoint.
+    const sessionUid = token?.sessionUid ?? ctx?.oidc?.session?.uid;
+    const sid = sessionUid
+      ? createHash('sha256').update(`sid\0${sessionUid}`, 'utf8').digest('hex')
+      : undefined;
     return {
       accountId: id,
-      async claims() {
-        return allClaims(user);
+      async claims(use) {
+        const claims = allClaims(user);
+        if (sid && use === 'id_token') {
+          claims.sid = sid;
+          rememberSid(id, sid);
+        }
+        return claims;
       },
     };
   },
@@ -226,6 +253,22 @@ provider.proxy = false;
 // ---------------------------------------------------------------------------------------
 // Tokens issued outside oidc-provider's own flows
 
+// authentik signs a proxy provider's JWT access tokens as its id_tokens: HS256 with the
+// client secret when the provider has no signing key. A client registered with an HMAC
+// id_token alg gets HMAC access tokens too; the others get RS256 with the JWKS key.
+const ACCESS_TOKEN_ALGS = new Set(['RS256', 'HS256', 'HS384', 'HS512']);
+
+function accessTokenAlg(client) {
+  return clientConfigs.get(client.clientId)?.id_token_signed_response_alg ?? 'RS256';
+}
+
+function signingFor(client, alg) {
+  if (alg.startsWith('HS')) {
+    return { header: { alg, typ: 'JWT' }, key: new TextEncoder().encode(client.clientSecret) };
+  }
+  return { header: { alg, kid, typ: 'JWT' }, key: privateKey };
+}
+
 // JWT access token -> the opaque AccessToken saved with it, so introspection accepts the
 // JWT too (oidc-provider refuses to introspect structured tokens itself).
 const jwtToOpaque = new Map();
@@ -236,7 +279,7 @@ function rememberJwt(jwt, opaque, exp) {
   jwtToOpaque.set(jwt, { opaque, exp });
 }
 
-async function issueAccessTokens(client, user, scopes, gty) {
+async function issueAccessTokens(client, user, scopes, gty, alg = accessTokenAlg(client)) {
   const scope = scopes.join(' ');
   // A Grant makes the opaque token usable at userinfo as well as at introspection.
   const grant = new provider.Grant({ accountId: user.username, clientId: client.clientId });
@@ -253,20 +296,21 @@ async function issueAccessTokens(client, user, scopes, gty) {
   const opaque = await at.save();
   const now = Math.floor(Date.now() / 1000);
   const exp = now + accessTokenTtl;
+  const signing = signingFor(client, alg);
   const jwt = await new SignJWT({
     ...claimsForScopes(user, scopes),
     scope,
     azp: client.clientId,
     client_id: client.clientId,
   })
-    .setProtectedHeader({ alg: 'RS256', kid, typ: 'JWT' })
+    .setProtectedHeader(signing.header)
     .setIssuer(issuer)
     .setAudience(client.clientId)
     .setSubject(user.username)
     .setIssuedAt(now)
     .setExpirationTime(exp)
     .setJti(randomBytes(16).toString('hex'))
-    .sign(privateKey);
+    .sign(signing.key);
   rememberJwt(jwt, opaque, exp);
   return { opaque, jwt, exp };
 }
@@ -470,6 +514,10 @@ provider.use(async function testRoutes(ctx, next) {
     ctx.body = stats;
     return;
   }
+  if (ctx.method === 'GET' && ctx.path === '/_test/sids') {
+    ctx.body = { sids: sidsByUser.get(String(ctx.query.username ?? '')) ?? [] };
+    return;
+  }
   if (ctx.path === '/_test/delay' && ctx.method === 'GET') {
     ctx.body = delays;
     return;
@@ -511,13 +559,15 @@ provider.use(async function testRoutes(ctx, next) {
     const client = body.client_id ? await provider.Client.find(String(body.client_id)) : undefined;
     const user = users.get(String(body.username));
     const format = body.format ?? 'opaque';
-    if (!client || !user || !['opaque', 'jwt'].includes(format)) {
+    // `alg`: the JWT's signature, by default the client's (see accessTokenAlg).
+    const alg = body.alg ?? (client ? accessTokenAlg(client) : 'RS256');
+    if (!client || !user || !['opaque', 'jwt'].includes(format) || !ACCESS_TOKEN_ALGS.has(alg)) {
       ctx.status = 400;
-      ctx.body = { error: 'invalid_request', error_description: 'unknown client_id, username or format' };
+      ctx.body = { error: 'invalid_request', error_description: 'unknown client_id, username, format or alg' };
       return;
     }
     const scopes = grantScopes(body.scope ?? 'openid profile email ak_proxy');
-    const { opaque, jwt } = await issueAccessTokens(client, user, scopes, 'test_mint');
+    const { opaque, jwt } = await issueAccessTokens(client, user, scopes, 'test_mint', alg);
     ctx.body = { access_token: format === 'jwt' ? jwt : opaque, token_type: 'Bearer', expires_in: accessTokenTtl };
     return;
   }

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.stack.idp import IdPClient, IdPUser
+from tests.stack.idp import IdPUser, proxy_provider_client
 
-HS_CLIENT = IdPClient(
-    client_id="hs-app",
-    client_secret="hs-secret-0123456789abcdef0123456789abcdef",
-    redirect_uris=["http://hs.localhost:8080/outpost.goauthentik.io/callback"],
-    id_token_signed_response_alg="HS256",
+# Registered as authentik registers a proxy provider: strict redirect URI, HS256 tokens.
+HS_CLIENT = proxy_provider_client(
+    "hs-app", "hs-secret-0123456789abcdef0123456789abcdef", ["http://hs.localhost:8080"]
 )
 ALICE = IdPUser(
     username="alice",

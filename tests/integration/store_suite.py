@@ -14,7 +14,9 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
+from ext_authz.core.model import Identity
 from ext_authz.ports import ByteStore, Namespace
+from ext_authz.sessions import SessionRepository
 
 T = TypeVar("T")
 
@@ -28,6 +30,7 @@ ALL_NAMESPACES = (
     Namespace.CREDENTIAL,
     Namespace.LOGIN,
     Namespace.CLAIM,
+    Namespace.SID_INDEX,
 )
 
 
@@ -325,6 +328,64 @@ class StoreBehaviour:
                 ]
             finally:
                 await store.close()
+
+        run(body())
+
+    # --- sessions by IdP session (sid) ---------------------------------------------
+
+    def test_end_all_for_sid_ends_the_sessions_of_every_app_on_every_replica(
+        self, harness: StoreHarness
+    ) -> None:
+        """authentik's SESSION_END: every session made from one IdP session ends, in
+        every application, and leaves the local caches of both replicas."""
+
+        async def body() -> None:
+            secret = b"s" * 32
+            store_a, store_b = harness.open(), harness.open()
+            # A local TTL far longer than the test: only the invalidation can end a copy.
+            a = SessionRepository(store_a, secret=secret, local_ttl=300)
+            b = SessionRepository(store_b, secret=secret, local_ttl=300)
+            alice = Identity(sub="alice", email="alice@example.test", sid="ak-session-1")
+            alice_elsewhere = Identity(sub="alice", sid="ak-session-2")  # another sign-in
+            bob = Identity(sub="bob")  # no sid: in no sid index
+            expires = time.time() + 600
+            try:
+                await a.start_invalidation_listener()
+                await b.start_invalidation_listener()
+                in_app1 = await a.create("app1", alice, expires)
+                in_app2 = await b.create("app2", alice, expires)
+                other_sid = await a.create("app1", alice_elsewhere, expires)
+                bobs = await b.create("app1", bob, expires)
+                for repo in (a, b):  # every session now in both replicas' local caches
+                    assert await repo.get("app1", in_app1) is not None
+                    assert await repo.get("app2", in_app2) is not None
+                raw = await harness.raw_entries()
+                sid_sets = {k: v for k, v in raw.items() if k.startswith(f"{harness.prefix}sid:")}
+                assert sorted(len(members) for members, _ in sid_sets.values()) == [1, 2]
+                assert all(ttl is not None and 0 < ttl <= 600 for _, ttl in sid_sets.values())
+                assert not any("ak-session" in k for k in raw), "sids are keyed by hmac"
+
+                assert await b.end_all_for_sid("ak-session-1") == 2
+                assert await b.get("app1", in_app1) is None
+                assert await b.get("app2", in_app2) is None
+
+                async def gone_on_a() -> bool:
+                    return (
+                        await a.get("app1", in_app1) is None
+                        and await a.get("app2", in_app2) is None
+                    )
+
+                await eventually(gone_on_a, what="replica a to drop the ended sessions")
+                for repo in (a, b):
+                    assert await repo.get("app1", other_sid) is not None
+                    assert await repo.get("app1", bobs) is not None
+                assert await a.end_all_for_sid("ak-session-1") == 0
+                assert await a.end_all_for_sid("") == 0
+                # The sub index still holds what the sid index ended: harmless.
+                assert await a.end_all_for("app1", "alice") == 1
+            finally:
+                await store_a.close()
+                await store_b.close()
 
         run(body())
 

@@ -101,7 +101,7 @@ def test_traefik_sends_a_browser_to_the_idp(client: httpx.Client, idp: IdP) -> N
     assert str(location).startswith(idp.issuer + "/")
     assert location.params["client_id"] == OIDC_CLIENT_ID
     assert location.params["redirect_uri"] == (
-        f"http://app.localhost:{ENVOY_PORT}{OUTPOST}/callback"
+        f"http://app.localhost:{ENVOY_PORT}{OUTPOST}/callback?X-authentik-auth-callback=true"
     )
     assert location.params["code_challenge_method"] == "S256"
     assert "set-cookie" in response.headers  # the login cookie binding the state

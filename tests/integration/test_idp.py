@@ -22,21 +22,23 @@ import jwt
 import pytest
 
 from tests.integration.idp_world import ALICE, EXPECTED_ATTRIBUTES, GROUPS, HS_CLIENT
-from tests.stack.idp import IdP, IdPClient, IdPError, IdPStartHung
+from tests.stack.idp import AUTHENTIK_CALLBACK, IdP, IdPClient, IdPError, IdPStartHung
 from tests.stack.proc import START_BOUND
 
 pytestmark = pytest.mark.integration
 
+# RS256 clients (a generic OIDC IdP's), with authentik's redirect URI: the browser flow
+# below shows the IdP keeps its query and appends code and state.
 POST_CLIENT = IdPClient(
     client_id="whoami",
     client_secret="whoami-secret-0123456789abcdef0123456789",
-    redirect_uris=["http://whoami.localhost:8080/outpost.goauthentik.io/callback"],
+    redirect_uris=["http://whoami.localhost:8080" + AUTHENTIK_CALLBACK],
     post_logout_redirect_uris=["http://whoami.localhost:8080"],
 )
 BASIC_CLIENT = IdPClient(
     client_id="basic-app",
     client_secret="basic-secret-0123456789abcdef0123456789",
-    redirect_uris=["http://basic.localhost:8080/outpost.goauthentik.io/callback"],
+    redirect_uris=["http://basic.localhost:8080" + AUTHENTIK_CALLBACK],
     token_endpoint_auth_method="client_secret_basic",
 )
 
@@ -313,6 +315,44 @@ def test_hs256_id_token(idp: IdP) -> None:
     )
     assert claims["sub"] == "alice"
     assert claims["ak_proxy"]["user_attributes"] == EXPECTED_ATTRIBUTES
+    assert "sid" not in claims  # no browser session behind this grant
+
+
+def test_hs256_client_gets_hs256_access_tokens(idp: IdP) -> None:
+    # As authentik signs a proxy provider's access tokens: HS256 with the client secret.
+    r = httpx.post(
+        idp.token_endpoint,
+        data=_cc_form(HS_CLIENT, "alice", "alice-app-password-1", "client_credentials"),
+    )
+    assert r.status_code == 200, r.text
+    for token in (r.json()["access_token"], idp.mint_access_token("hs-app", "alice", fmt="jwt")):
+        header = jwt.get_unverified_header(token)
+        assert header["alg"] == "HS256" and "kid" not in header
+        claims = jwt.decode(
+            token,
+            HS_CLIENT.client_secret,
+            algorithms=["HS256"],
+            audience=HS_CLIENT.client_id,
+            issuer=idp.issuer,
+        )
+        assert claims["sub"] == "alice"
+    # `alg` overrides the client's default, both ways.
+    rs = idp.mint_access_token("hs-app", "alice", fmt="jwt", alg="RS256")
+    assert _verify_rs256(idp, rs, HS_CLIENT.client_id)["sub"] == "alice"
+    hs = idp.mint_access_token(POST_CLIENT.client_id, "alice", fmt="jwt", alg="HS256")
+    assert (
+        jwt.decode(
+            hs, POST_CLIENT.client_secret, algorithms=["HS256"], audience=POST_CLIENT.client_id
+        )["sub"]
+        == "alice"
+    )
+    with pytest.raises(IdPError):
+        idp.mint_access_token("hs-app", "alice", fmt="jwt", alg="none")
+
+
+def test_discovery_lists_hs256_for_id_tokens(idp: IdP) -> None:
+    doc = httpx.get(idp.discovery_url).json()
+    assert set(doc["id_token_signing_alg_values_supported"]) == {"RS256", "HS256"}
 
 
 def _pkce() -> tuple[str, str]:
@@ -374,6 +414,7 @@ def test_browser_flow_pkce_and_logout(idp: IdP) -> None:
         callback = _follow_to_interaction(browser, urljoin(consent_url, r.headers["location"]))
         assert callback.startswith(redirect_uri)
         params = parse_qs(urlsplit(callback).query)
+        assert params["X-authentik-auth-callback"] == ["true"]
         assert params["state"] == [state]
         assert params["iss"] == [idp.issuer]
 
@@ -393,6 +434,10 @@ def test_browser_flow_pkce_and_logout(idp: IdP) -> None:
         claims = _verify_rs256(idp, body["id_token"], POST_CLIENT.client_id)
         assert claims["sub"] == "alice"
         assert claims["nonce"] == nonce
+        # authentik's `sid`: the IdP session, which SESSION_END names; the test route
+        # tells it, and userinfo and the access token do not carry it.
+        assert re.fullmatch(r"[0-9a-f]{64}", claims["sid"]), claims
+        assert idp.sids("alice")[-1] == claims["sid"]
         assert claims["groups"] == ["zeta", "admins"]
         assert claims["ak_proxy"]["user_attributes"] == EXPECTED_ATTRIBUTES
 
@@ -405,7 +450,7 @@ def test_browser_flow_pkce_and_logout(idp: IdP) -> None:
         info = httpx.get(
             idp.userinfo_endpoint, headers={"Authorization": f"Bearer {body['access_token']}"}
         ).json()
-        assert info["preferred_username"] == "alice"
+        assert info["preferred_username"] == "alice" and "sid" not in info
 
         # RP-initiated logout back to the registered post_logout_redirect_uri.
         logout = browser.get(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt as pyjwt
 import pytest
 from pydantic import SecretStr
 
@@ -21,20 +22,20 @@ from ext_authz.config import OIDCSettings
 from ext_authz.core.model import Rejected, Unavailable, Verified
 from tests.integration.idp_world import ALICE, EXPECTED_ATTRIBUTES, GROUPS
 from tests.integration.idp_world import HS_CLIENT as HS
-from tests.stack.idp import IdP, IdPClient
+from tests.stack.idp import AUTHENTIK_CALLBACK, IdP, IdPClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 POST = IdPClient(
     client_id="whoami",
     client_secret="whoami-secret-0123456789abcdef0123456789",
-    redirect_uris=["http://whoami.localhost:8080/outpost.goauthentik.io/callback"],
+    redirect_uris=["http://whoami.localhost:8080" + AUTHENTIK_CALLBACK],
 )
 BASIC = IdPClient(
     client_id="basic-app",
     # Characters that RFC 6749 §2.3.1's form-urlencoding must escape inside Basic auth.
     client_secret="basic secret:with+odd/chars%0123456789abcdef",
-    redirect_uris=["http://basic.localhost:8080/outpost.goauthentik.io/callback"],
+    redirect_uris=["http://basic.localhost:8080" + AUTHENTIK_CALLBACK],
     token_endpoint_auth_method="client_secret_basic",
 )
 CLIENTS = {c.client_id: c for c in (POST, BASIC, HS)}
@@ -139,6 +140,38 @@ async def test_minted_jwt(idp: IdP, http: httpx.AsyncClient, mode: str) -> None:
     # The JWKS is cached: a second check asks the IdP nothing.
     _assert_alice(await client.verify_bearer(token, mode))  # type: ignore[arg-type]
     assert idp.stats().get("jwks", 0) == 1
+
+
+@pytest.mark.parametrize("mode", ["jwt", "auto"])
+async def test_hs256_access_token_of_a_proxy_provider(
+    idp: IdP, http: httpx.AsyncClient, mode: str
+) -> None:
+    # authentik's JWT access tokens of a proxy provider: HS256 with the client secret,
+    # accepted because the discovery lists HS256; no JWKS needed.
+    token = idp.mint_access_token("hs-app", "alice", fmt="jwt")
+    assert pyjwt.get_unverified_header(token)["alg"] == "HS256"
+    client = _client(idp, http, "hs-app")
+    assert "HS256" in (await client.discovery()).id_token_signing_alg_values_supported
+    idp.reset_stats()
+    outcome = await client.verify_bearer(token, mode)  # type: ignore[arg-type]
+    _assert_alice(outcome, "hs-app")
+    assert idp.stats().get("jwks", 0) == 0 and idp.stats().get("introspection", 0) == 0
+    # The same claims signed with any secret but the client's: refused.
+    forged = pyjwt.encode(
+        {**pyjwt.decode(token, options={"verify_signature": False})},
+        "not-the-client-secret-0123456789abcdef",
+        algorithm="HS256",
+    )
+    assert await client.verify_bearer(forged, "jwt") == Rejected("bad signature")
+
+
+async def test_hs256_id_token_of_a_proxy_provider(idp: IdP, http: httpx.AsyncClient) -> None:
+    outcome = await _client(idp, http, "hs-app").verify_app_password(
+        "alice", "alice-app-password-1"
+    )
+    _assert_alice(outcome, "hs-app")
+    assert isinstance(outcome, Verified)
+    assert pyjwt.get_unverified_header(outcome.identity.id_token)["alg"] == "HS256"
 
 
 @pytest.mark.parametrize("mode", ["jwt", "auto"])

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.stack.allow_all import AllowAllServer
-from tests.stack.demo import ALICE
+from tests.stack.demo import ALICE, BOB
 from tests.stack.echo import EchoServer
 from tests.stack.envoy import Envoy, render_config
 from tests.stack.proc import (
@@ -190,3 +190,10 @@ def test_make_stack_runs_the_demo_world(make_stack: Any) -> None:
     assert r.status_code == 200
     assert r.json()["headers"]["x-authentik-username"] == [ALICE.username]
     assert stack.get("whoami", "/public/x").status_code == 200
+    # The demo's access rules (make run prints these curl lines): /admin/ is for admins.
+    admin = stack.get("whoami", "/admin/", auth=(ALICE.username, ALICE.app_password))
+    assert admin.status_code == 200
+    refused = stack.get("whoami", "/admin/", auth=(BOB.username, BOB.app_password))
+    assert refused.status_code == 403
+    assert "x-authentik-username" not in refused.headers
+    assert stack.get("whoami", "/", auth=(BOB.username, BOB.app_password)).status_code == 200

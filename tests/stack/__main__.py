@@ -58,6 +58,8 @@ def front_lines(name: str, port: int, app: str, idp: IdP | None) -> list[str]:
         "",
         f"  behind {name} (forward auth, authentik's snippet) on port {port}:",
         f"    curl -i -u {ALICE.username}:{ALICE.app_password} {whoami}",
+        f"    curl -i -u {ALICE.username}:{ALICE.app_password} {whoami}admin/   # 200: admins",
+        f"    curl -i -u {BOB.username}:{BOB.app_password} {whoami}admin/       # 403: not admins",
         f"    curl -i {whoami}public/hello                       # no auth",
     ]
     if idp is not None:
@@ -78,6 +80,8 @@ def banner(stack: Stack, idp: IdP | None, workdir: Path, fronts: list[tuple[str,
         f"    curl -i {whoami}                                   # 401",
         f"    curl -i -u {ALICE.username}:{ALICE.app_password} {whoami}",
         f"    curl -i -u {BOB.username}:{BOB.app_password} {whoami}",
+        f"    curl -i -u {ALICE.username}:{ALICE.app_password} {whoami}admin/   # 200: admins",
+        f"    curl -i -u {BOB.username}:{BOB.app_password} {whoami}admin/       # 403: not admins",
         f"    curl -i -H 'Authorization: Bearer {BOB_STATIC_TOKEN}' {whoami}",
         f"    curl -i {stack.url('whoami', '/public/hello')}                       # no auth",
         f"    curl -i {stack.url('ctx', '/public-route/x')}          # ext_authz off",

@@ -11,7 +11,8 @@ what the tests check.
 - carol: in `devs` and `admins`, her own upstream attributes, and additionalHeaders
   X-Team (declared), X-Floor (not declared) and names that may never be sent.
 - application `whoami` (http://whoami.localhost:<envoy port>): no OIDC; Basic and
-  Bearer verified against the directory; `^/public/` needs no authentication.
+  Bearer verified against the directory; `^/public/` needs no authentication;
+  `^/admin/` only for group `admins` (WHOAMI_ACCESS, SPEC §12): alice and carol, not bob.
 - application `app` (http://app.localhost:<envoy port>), only with an IdP: OIDC client
   `whoami-oidc` at the IdP (client_secret_post), browser sign-in, Basic verified
   authentik-style (app passwords at the IdP), Bearer JWT/introspection.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from tests.stack.caddy import Caddy
 from tests.stack.echo import EchoServer
 from tests.stack.envoy import HTTP_TEMPLATE, Envoy
 from tests.stack.extauthz import ExtAuthz
-from tests.stack.idp import IdP, IdPClient, IdPUser
+from tests.stack.idp import IdP, IdPClient, IdPUser, proxy_provider_client
 from tests.stack.nginx import API_401_TEMPLATE, BROWSER_TEMPLATE, Nginx
 from tests.stack.proc import START_BOUND, free_port
 from tests.stack.redis import RedisServer
@@ -109,7 +110,6 @@ BOB_STATIC_TOKEN = "bob-static-token"
 
 OIDC_CLIENT_ID = "whoami-oidc"
 OIDC_CLIENT_SECRET = "whoami-oidc-client-secret-0123456789abcdef"  # >= 32 chars
-CALLBACK_PATH = "/outpost.goauthentik.io/callback"
 OTHER_CLIENT_ID = "other-oidc"
 OTHER_CLIENT_SECRET = "other-oidc-client-secret-0123456789abcdef"
 
@@ -144,20 +144,17 @@ def idp_clients(
     if shared_domain:  # the cookie_domain browser test serves `app` as app.example.test
         hosts += [shared_domain_url(p) for p in envoy_ports]
     hosts += list(extra_hosts)
+    # Both are authentik proxy providers: strict redirect URIs, HS256 tokens.
     return [
-        IdPClient(
-            client_id=OIDC_CLIENT_ID,
-            client_secret=OIDC_CLIENT_SECRET,
-            redirect_uris=[host + CALLBACK_PATH for host in hosts],
+        proxy_provider_client(
+            OIDC_CLIENT_ID,
+            OIDC_CLIENT_SECRET,
+            hosts,
             post_logout_redirect_uris=hosts,
             token_endpoint_auth_method="client_secret_post",
         ),
         # Another application's client: its tokens must not open `app` (audience).
-        IdPClient(
-            client_id=OTHER_CLIENT_ID,
-            client_secret=OTHER_CLIENT_SECRET,
-            redirect_uris=["http://other.localhost/outpost.goauthentik.io/callback"],
-        ),
+        proxy_provider_client(OTHER_CLIENT_ID, OTHER_CLIENT_SECRET, ["http://other.localhost"]),
     ]
 
 
@@ -228,11 +225,17 @@ def directory() -> dict[str, Any]:
     }
 
 
+# whoami's access rules (SPEC §12): /admin/ for admins, every other path for anyone
+# signed in, so the demo shows bob's 403 beside alice's 200.
+WHOAMI_ACCESS: list[dict[str, Any]] = [{"paths": ["^/admin/"], "groups": ["admins"]}, {}]
+
+
 def whoami_app(envoy_port: int) -> dict[str, Any]:
     return {
         "name": "whoami",
         "external_host": host_url("whoami", envoy_port),
         "skip_path_regex": ["^/public/"],
+        "access": [dict(rule) for rule in WHOAMI_ACCESS],
         "receive": {
             "basic": {"enabled": True, "verify": "directory"},
             "bearer": {"enabled": True, "verify": "directory"},
@@ -529,11 +532,15 @@ def private_idp_stack(
     name: str,
     replicas: int = 1,
     config_overrides: dict[str, Any] | None = None,
+    id_token_alg: str | None = None,
 ) -> Iterator[tuple[Stack, IdP]]:
     """A stack with an IdP of its own (and a key prefix of its own), for tests that
-    stop the IdP without hurting the rest of the session."""
+    stop the IdP without hurting the rest of the session. `id_token_alg` re-registers
+    the clients with another signature (RS256: an IdP whose tokens need its JWKS)."""
     port = free_port()
     idp = build_idp(Path(workdir) / f"{name}-idp", [port])
+    if id_token_alg is not None:
+        idp.clients = [replace(c, id_token_signed_response_alg=id_token_alg) for c in idp.clients]
     idp.start()
     stack = Stack(
         workdir=Path(workdir) / name,

@@ -42,7 +42,13 @@ class ExtAuthz:
         env: Mapping[str, str] | None = None,
         forward_auth_port: int | None = None,
         name: str | None = None,
+        *,
+        config_file: bool = True,
     ) -> None:
+        """`config_file=False`: the environment-only start of an outpost (SPEC §11,
+        `serve` with no -c): the ports go to EXT_AUTHZ_LISTEN, EXT_AUTHZ_HTTP_LISTEN and
+        EXT_AUTHZ_FORWARD_AUTH_LISTEN, and `env` holds AUTHENTIK_HOST, AUTHENTIK_TOKEN
+        and the rest; nothing else of `config` is used."""
         ExtAuthz._count += 1
         self.name = name or f"ext-authz-{ExtAuthz._count}"
         self.workdir = Path(workdir)
@@ -66,12 +72,19 @@ class ExtAuthz:
             _port_of(server["forward_auth_listen"]) if server["forward_auth_listen"] else None
         )
         self.config_path = self.workdir / f"{self.name}.yaml"
-        self.process = ManagedProcess(
-            self.name,
-            [sys.executable, "-m", "ext_authz", "serve", "-c", str(self.config_path)],
-            self.workdir / f"{self.name}.log",
-            env=env,
-        )
+        self.config_file = config_file
+        argv = [sys.executable, "-m", "ext_authz", "serve"]
+        if config_file:
+            argv += ["-c", str(self.config_path)]
+        else:
+            env = {
+                **(env or {}),
+                "EXT_AUTHZ_LISTEN": server["listen"],
+                "EXT_AUTHZ_HTTP_LISTEN": server["http_listen"],
+                "EXT_AUTHZ_FORWARD_AUTH_LISTEN": server["forward_auth_listen"],
+            }
+        self.env = dict(env or {})
+        self.process = ManagedProcess(self.name, argv, self.workdir / f"{self.name}.log", env=env)
 
     # -- addresses ---------------------------------------------------------------------
 
@@ -104,7 +117,8 @@ class ExtAuthz:
 
     def write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        if self.config_file:
+            self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         return self.config_path
 
     def start(self, timeout: float = START_BOUND) -> ExtAuthz:

@@ -33,6 +33,10 @@ from tests.stack.proc import (
 IDP_DIR = ROOT / "tests" / "idp"
 IDP_SCRIPT = IDP_DIR / "idp.mjs"
 READY_MARK = "IDP READY "
+# The redirect URI authentik registers for a proxy provider, after its external host,
+# and matches strictly, query included (SPEC §6). Written out here, not taken from the
+# product, so a product that sends anything else fails the sign-in tests.
+AUTHENTIK_CALLBACK = "/outpost.goauthentik.io/callback?X-authentik-auth-callback=true"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,27 @@ class IdPClient:
     post_logout_redirect_uris: list[str] = field(default_factory=list)
     token_endpoint_auth_method: str = "client_secret_post"  # or client_secret_basic
     id_token_signed_response_alg: str = "RS256"  # or HS256 (signed with client_secret)
+
+
+def proxy_provider_client(
+    client_id: str,
+    client_secret: str,
+    external_hosts: list[str],
+    *,
+    post_logout_redirect_uris: list[str] | None = None,
+    token_endpoint_auth_method: str = "client_secret_post",
+) -> IdPClient:
+    """A client as authentik registers a proxy provider: the one strict redirect URI
+    of each external host, and id_tokens and JWT access tokens signed HS256 with the
+    client secret (the provider has no signing key)."""
+    return IdPClient(
+        client_id=client_id,
+        client_secret=client_secret,
+        redirect_uris=[host.rstrip("/") + AUTHENTIK_CALLBACK for host in external_hosts],
+        post_logout_redirect_uris=list(post_logout_redirect_uris or []),
+        token_endpoint_auth_method=token_endpoint_auth_method,
+        id_token_signed_response_alg="HS256",
+    )
 
 
 @dataclass(frozen=True)
@@ -263,24 +288,35 @@ class IdP:
         if r.status_code != 200:
             raise IdPError(f"delay failed: HTTP {r.status_code} {r.text}")
 
+    def sids(self, username: str) -> list[str]:
+        """The IdP sessions (`sid` claims) of `username`'s browser sign-ins so far, oldest
+        first: what authentik's SESSION_END would name to end them."""
+        r = httpx.get(f"{self.issuer}/_test/sids", params={"username": username}, timeout=5.0)
+        if r.status_code != 200:
+            raise IdPError(f"sids failed: HTTP {r.status_code} {r.text}")
+        return [str(s) for s in r.json()["sids"]]
+
     def mint_access_token(
         self,
         client_id: str,
         username: str,
         fmt: str = "opaque",
         scope: str = "openid profile email ak_proxy",
+        alg: str | None = None,
     ) -> str:
         """An access token for `username` issued to `client_id`.
 
         `opaque`: a real oidc-provider AccessToken (introspection: active with the
-        identity claims; userinfo works).  `jwt`: RS256, `iss`, `aud`=client_id, `sub`,
-        `exp` (access_token_ttl), `scope` and the identity claims; introspectable too.
+        identity claims; userinfo works).  `jwt`: `iss`, `aud`=client_id, `sub`, `exp`
+        (access_token_ttl), `scope` and the identity claims; introspectable too. Signed
+        as the client's id_tokens are (HS256 with the client secret for an HS256
+        client, as authentik signs a proxy provider's tokens; else RS256 with the JWKS
+        key), or with `alg` (RS256, HS256, HS384, HS512) when given.
         """
-        r = httpx.post(
-            f"{self.issuer}/_test/mint",
-            json={"client_id": client_id, "username": username, "format": fmt, "scope": scope},
-            timeout=5.0,
-        )
+        body = {"client_id": client_id, "username": username, "format": fmt, "scope": scope}
+        if alg is not None:
+            body["alg"] = alg
+        r = httpx.post(f"{self.issuer}/_test/mint", json=body, timeout=5.0)
         if r.status_code != 200:
             raise IdPError(f"mint failed: HTTP {r.status_code} {r.text}")
         return str(r.json()["access_token"])

@@ -38,6 +38,9 @@ def _identity(claims: dict[str, Any]) -> Any:
         ({"sub": "u1"}, "provider", "app"),
         ({"sub": "u1"}, "token", "tok"),
         ({"sub": "u1"}, "id_token", ""),
+        ({"sub": "u1", "sid": "ak-session"}, "sid", "ak-session"),
+        ({"sub": "u1"}, "sid", ""),
+        ({"sub": "u1", "sid": 7}, "sid", ""),
     ],
 )
 def test_identity_fields(claims: dict[str, Any], field: str, expected: Any) -> None:

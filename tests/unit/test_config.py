@@ -104,7 +104,9 @@ def test_good_file_loads_with_every_value() -> None:
     assert whoami.port == 443
     assert whoami.secure is True
     assert whoami.all_host_names == frozenset({"whoami.example.com", "whoami.internal"})
-    assert whoami.redirect_uri == "https://whoami.example.com/outpost.goauthentik.io/callback"
+    assert whoami.redirect_uri == (
+        "https://whoami.example.com/outpost.goauthentik.io/callback?X-authentik-auth-callback=true"
+    )
     digest = hashlib.sha256(b"whoami").hexdigest()[:8]
     assert whoami.cookie_name == f"authentik_proxy_{digest}"
     assert whoami.provider_name == "whoami"
@@ -116,7 +118,10 @@ def test_good_file_loads_with_every_value() -> None:
     assert local.receive.bearer.verify == "directory"
     assert local.port == 8080
     assert local.secure is False
-    assert local.redirect_uri == "http://local.example.com:8080/outpost.goauthentik.io/callback"
+    assert local.redirect_uri == (
+        "http://local.example.com:8080/outpost.goauthentik.io/callback"
+        "?X-authentik-auth-callback=true"
+    )
     local_digest = hashlib.sha256(b"local-only").hexdigest()[:8]
     assert local.cookie_name == f"authentik_proxy_{local_digest}"
     assert local.provider_name == "directory"

@@ -977,9 +977,12 @@ def test_compose_applications_and_issuer(
     (registered,) = [c for c in idp_json["clients"] if c["client_id"] == client["client_id"]]
     assert registered["client_secret"] == secret.group(1)
     assert registered["token_endpoint_auth_method"] == client["client_auth"]
+    # authentik's strict redirect URI of a proxy provider, and its HS256 signature.
     assert registered["redirect_uris"] == [
-        apps["app"]["external_host"] + "/outpost.goauthentik.io/callback"
+        apps["app"]["external_host"]
+        + "/outpost.goauthentik.io/callback?X-authentik-auth-callback=true"
     ]
+    assert registered["id_token_signed_response_alg"] == "HS256"
 
 
 def test_compose_world_is_the_demo_world(
@@ -1247,6 +1250,12 @@ def dockerfile_instructions() -> dict[str, list[str]]:
     return out
 
 
+def dockerfile_env() -> dict[str, str]:
+    """The runtime stage's ENV (KEY=VALUE pairs, the last stage's)."""
+    pairs = dockerfile_instructions()["ENV"][-1].split()
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
 def dockerfile_user() -> str:
     return dockerfile_instructions()["USER"][-1]
 
@@ -1255,7 +1264,15 @@ def test_dockerfile_matches_server_defaults() -> None:
     instructions = dockerfile_instructions()
     defaults = ServerSettings()
     exposed = {int(p) for line in instructions["EXPOSE"] for p in line.split()}
-    assert exposed == {port_of(defaults.listen), port_of(defaults.http_listen)} == {9191, 9300}
+    assert {port_of(defaults.listen), port_of(defaults.http_listen)} == {9191, 9300}
+    # The environment-only start (an authentik outpost) listens on every interface, on
+    # the default ports and forward auth's 9400; those are the ports exposed.
+    env = dockerfile_env()
+    assert env["EXT_AUTHZ_LISTEN"] == "0.0.0.0:9191"
+    assert env["EXT_AUTHZ_HTTP_LISTEN"] == "0.0.0.0:9300"
+    assert env["EXT_AUTHZ_FORWARD_AUTH_LISTEN"] == "0.0.0.0:9400"
+    listened = {port_of(v) for k, v in env.items() if k.endswith("_LISTEN")}
+    assert exposed == listened == {9191, 9300, 9400}
     assert all(base.split()[0] == "python:3.11-slim" for base in instructions["FROM"])
     assert json.loads(instructions["ENTRYPOINT"][-1]) == ["ext-authz"]
     assert json.loads(instructions["CMD"][-1]) == ["serve", "-c", "/etc/ext-authz/config.yaml"]

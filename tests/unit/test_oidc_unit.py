@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 import httpx
 import jwt
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
 from ext_authz.adapters.oidc import OIDCClient, TokenError
-from ext_authz.config import OIDCSettings
+from ext_authz.config import OIDCEndpoints, OIDCSettings
 from ext_authz.core.model import Rejected, Unavailable, Verified
 from ext_authz.errors import IdPUnavailable
 
@@ -355,15 +355,52 @@ async def test_public_client_sends_only_client_id(idp: FakeIdP) -> None:
     assert sent["client_id"] == CLIENT and "client_secret" not in sent
 
 
-async def test_hs256_id_token_with_client_secret(idp: FakeIdP) -> None:
-    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+def signs_hmac(idp: FakeIdP, *algs: str) -> None:
+    """The IdP's discovery lists these id_token algorithms (authentik's proxy provider:
+    ["HS256"], as it signs with the client secret)."""
+    idp.discovery["id_token_signing_alg_values_supported"] = list(algs)
+
+
+async def test_discovery_keeps_the_listed_signing_algorithms(idp: FakeIdP) -> None:
+    signs_hmac(idp, "HS256", "RS256", 7)
+    d = await make_client(idp).discovery()
+    assert d.id_token_signing_alg_values_supported == ("HS256", "RS256")
+    assert d.hmac_algorithms == {"HS256"}
+    idp.discovery["id_token_signing_alg_values_supported"] = "HS256"  # not a list
+    assert (await make_client(idp).discovery()).hmac_algorithms == frozenset()
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
+async def test_hmac_id_token_with_client_secret_when_discovery_lists_it(
+    idp: FakeIdP, alg: str
+) -> None:
+    signs_hmac(idp, "RS256", alg)
+    token = jwt.encode(claims(), SECRET, algorithm=alg)
     idp.token = lambda r: httpx.Response(200, json={"access_token": "at", "id_token": token})
     outcome = await make_client(idp).verify_app_password("alice", "pw")
-    assert isinstance(outcome, Verified)
+    assert isinstance(outcome, Verified) and outcome.identity.sub == "user-1"
     assert idp.calls["jwks"] == 0
 
 
+@pytest.mark.parametrize(
+    "listed",
+    [None, ["RS256"], ["HS384", "HS512"], []],
+    ids=["absent", "rs256-only", "other-hmac", "empty"],
+)
+async def test_hs256_id_token_refused_unless_discovery_lists_hs256(
+    idp: FakeIdP, listed: list[str] | None
+) -> None:
+    # Algorithm confusion: a correctly keyed HS256 token still does not pass when the
+    # IdP does not say it signs HS256.
+    if listed is not None:
+        signs_hmac(idp, *listed)
+    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+    idp.token = lambda r: httpx.Response(200, json={"access_token": "at", "id_token": token})
+    assert await make_client(idp).verify_app_password("a", "b") == Rejected("alg not allowed")
+
+
 async def test_hs256_id_token_without_secret_rejected(idp: FakeIdP) -> None:
+    signs_hmac(idp, "HS256")
     token = jwt.encode(claims(), SECRET, algorithm="HS256")
     idp.token = lambda r: httpx.Response(200, json={"access_token": "at", "id_token": token})
     assert await make_client(idp, secret=None).verify_app_password("a", "b") == Rejected(
@@ -372,9 +409,21 @@ async def test_hs256_id_token_without_secret_rejected(idp: FakeIdP) -> None:
 
 
 async def test_hs256_id_token_with_wrong_secret_rejected(idp: FakeIdP) -> None:
+    signs_hmac(idp, "HS256")
     token = jwt.encode(claims(), "another-secret-of-enough-length-32b!", algorithm="HS256")
     idp.token = lambda r: httpx.Response(200, json={"access_token": "at", "id_token": token})
     assert await make_client(idp).verify_app_password("a", "b") == Rejected("bad signature")
+    # Nor does the public key "as the secret" pass when HS256 is allowed: the key is
+    # the client secret, never JWKS material.
+    forged = hs256_with_public_key(claims())
+    idp.token = lambda r: httpx.Response(200, json={"access_token": "at", "id_token": forged})
+    assert await make_client(idp).verify_app_password("a", "b") == Rejected("bad signature")
+
+
+async def test_rs256_id_token_still_verifies_when_discovery_lists_hs256(idp: FakeIdP) -> None:
+    signs_hmac(idp, "HS256")
+    outcome = await make_client(idp).verify_app_password("alice", "pw")
+    assert isinstance(outcome, Verified) and idp.calls["jwks"] == 1
 
 
 @pytest.mark.parametrize(
@@ -446,6 +495,44 @@ async def test_bearer_jwt_verified(idp: FakeIdP, mode: str) -> None:
     assert isinstance(outcome, Verified)
     assert outcome.identity.token == token and outcome.identity.id_token == ""
     assert idp.calls["introspect"] == 0
+
+
+@pytest.mark.parametrize("mode", ["jwt", "auto"])
+async def test_bearer_hs256_jwt_verified_with_client_secret_when_listed(
+    idp: FakeIdP, mode: str
+) -> None:
+    # authentik's JWT access tokens of a proxy provider: HS256 with the client secret.
+    signs_hmac(idp, "HS256")
+    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+    outcome = await make_client(idp).verify_bearer(token, mode)  # type: ignore[arg-type]
+    assert isinstance(outcome, Verified) and outcome.identity.token == token
+    assert idp.calls["introspect"] == 0 and idp.calls["jwks"] == 0
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: jwt.encode(claims(), "another-secret-of-enough-length-32b!"), "bad signature"),
+        (lambda: hs256_with_public_key(claims()), "bad signature"),
+        (lambda: jwt.encode(claims(), SECRET, algorithm="HS512"), "alg not allowed"),
+        (lambda: jwt.encode(claims(aud="other-client"), SECRET), "wrong audience"),
+        (lambda: jwt.encode(claims(exp=int(time.time()) - 60), SECRET), "expired"),
+        (lambda: unsigned(claims()), "alg not allowed"),
+    ],
+)
+async def test_bearer_hmac_jwt_rejected_when_listed(
+    idp: FakeIdP, make: Callable[[], str], reason: str
+) -> None:
+    signs_hmac(idp, "HS256")
+    assert await make_client(idp).verify_bearer(make(), "jwt") == Rejected(reason)
+
+
+async def test_bearer_hs256_jwt_refused_without_client_secret(idp: FakeIdP) -> None:
+    signs_hmac(idp, "HS256")
+    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+    assert await make_client(idp, secret=None).verify_bearer(token, "jwt") == Rejected(
+        "alg not allowed"
+    )
 
 
 async def test_bearer_extra_audience(idp: FakeIdP) -> None:
@@ -723,3 +810,52 @@ async def test_every_idp_call_of_a_verification_shares_one_deadline(
     # Nothing sticks: with the IdP fast again, the same client verifies.
     client._http = httpx.AsyncClient(transport=httpx.MockTransport(idp))  # type: ignore[attr-defined]
     assert isinstance(await client.verify_app_password("alice", "pw"), Verified)
+
+
+# --- endpoints given instead of discovered (SPEC §11) ------------------------------------
+
+
+def given_client(idp: FakeIdP, *, backchannel_host: str = "", jwks: bool = False) -> OIDCClient:
+    settings = OIDCSettings(
+        issuer=ISSUER,
+        client_id=CLIENT,
+        client_secret=SecretStr(SECRET),
+        endpoints=OIDCEndpoints(
+            authorization_endpoint="https://browser.example.com/authorize",
+            token_endpoint=f"{BASE}/token",
+            jwks_uri=f"{BASE}/jwks" if jwks else "",
+            userinfo_endpoint=f"{BASE}/userinfo",
+            end_session_endpoint="https://browser.example.com/end-session",
+            id_token_signing_alg_values_supported=("HS256",),
+        ),
+        backchannel_host=backchannel_host,
+    )
+    return OIDCClient(settings, httpx.AsyncClient(transport=httpx.MockTransport(idp)))
+
+
+async def test_given_endpoints_are_used_without_a_discovery_request(idp: FakeIdP) -> None:
+    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+    idp.token = lambda r: httpx.Response(200, json={"access_token": "at", "id_token": token})
+    client = given_client(idp)
+    d = await client.discovery()
+    assert (
+        d.issuer == ISSUER and d.authorization_endpoint == "https://browser.example.com/authorize"
+    )
+    assert d.hmac_algorithms == {"HS256"}
+    outcome = await client.verify_app_password("alice", "pw")
+    assert isinstance(outcome, Verified)
+    assert idp.calls["openid-configuration"] == 0 and idp.calls["jwks"] == 0
+    # An asymmetric token with no jwks_uri given cannot be verified: unavailable, not allowed.
+    idp.token = lambda r: httpx.Response(
+        200, json={"access_token": "at", "id_token": rs256(claims())}
+    )
+    assert isinstance(await given_client(idp).verify_app_password("alice", "pw"), Unavailable)
+
+
+async def test_backchannel_requests_carry_the_browser_host(idp: FakeIdP) -> None:
+    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+    idp.token = lambda r: httpx.Response(200, json={"access_token": "at", "id_token": token})
+    await given_client(idp, backchannel_host="authentik.example.com").verify_app_password("a", "b")
+    assert idp.last("token").headers["host"] == "authentik.example.com"
+    await given_client(idp).verify_app_password("a", "b")
+    assert idp.last("token").headers["host"] == urlsplit(BASE).netloc

@@ -14,9 +14,16 @@ from prometheus_client import CollectorRegistry
 from ext_authz.adapters.memory_store import MemoryStore
 from ext_authz.config import Application
 from ext_authz.crypto import hmac_hex
-from ext_authz.errors import AuthentikRefused, AuthentikUnavailable, StoreUnavailable
+from ext_authz.errors import AuthentikRefused, AuthentikUnavailable, ConfigError, StoreUnavailable
 from ext_authz.metrics import Metrics
-from ext_authz.outpost import DEFAULT_INTERVAL, MIN_INTERVAL, Fetched, Outpost
+from ext_authz.outpost import (
+    DEFAULT_INTERVAL,
+    MIN_INTERVAL,
+    Composer,
+    Fetched,
+    Outpost,
+    merge_local,
+)
 from ext_authz.ports import Namespace
 from tests.unit.conftest import app_config, apps
 
@@ -275,3 +282,67 @@ def test_a_store_that_is_down_does_not_fail_the_refresh() -> None:
         assert installed.names == ["one", "local-only"]
 
     asyncio.run(scenario())
+
+
+# --- composing a table from the providers ---------------------------------------------
+
+
+def test_local_settings_add_what_authentik_has_no_field_for() -> None:
+    composer = Composer(
+        apps(provider("yaml-app")),
+        {"one": {"unauthenticated": "deny", "send": {"additional_headers": ["X-Team"]}}},
+    )
+    chosen, problems = composer([provider("one"), provider("two")])
+    assert problems == []
+    assert [a.name for a in chosen] == ["one", "two", "yaml-app"]
+    assert chosen[0].unauthenticated == "deny"
+    assert chosen[0].send.additional_headers == ("x-team",)  # names are lower-cased
+    assert chosen[1].unauthenticated == "redirect"
+
+
+def test_a_key_both_sources_set_is_refused_naming_it() -> None:
+    mapping = {**provider("one"), "skip_path_regex": ["^/a"], "send": {"identity_headers": True}}
+    with pytest.raises(ConfigError) as caught:
+        merge_local(
+            mapping,
+            {"name": "one", "skip_path_regex": ["^/b"], "send": {"identity_headers": False}},
+            "authentik provider one",
+        )
+    assert caught.value.errors == [
+        "authentik provider one.skip_path_regex: set by the authentik provider; remove it "
+        "from the YAML (one source of truth)",
+        "authentik provider one.send.identity_headers: set by the authentik provider; remove "
+        "it from the YAML (one source of truth)",
+    ]
+    # At a refresh the clashing provider is left out and the others stand.
+    composer = Composer((), {"one": {"skip_path_regex": ["^/b"]}})
+    chosen, problems = composer([{**provider("one"), "skip_path_regex": ["^/a"]}, provider("two")])
+    assert [a.name for a in chosen] == ["two"]
+    assert problems and problems[0].startswith("authentik provider one.skip_path_regex:")
+
+
+def test_an_invalid_provider_or_a_taken_host_is_left_out_with_its_field() -> None:
+    composer = Composer(apps(provider("yaml-app")), {})
+    taken = {**provider("late"), "external_host": "https://one.example.com"}
+    chosen, problems = composer(
+        [
+            provider("one"),
+            {**provider("bad"), "external_host": "not a url"},
+            taken,
+            {**provider("dup"), "name": "yaml-app"},
+        ]
+    )
+    assert [a.name for a in chosen] == ["one", "yaml-app"]
+    assert problems[0].startswith("authentik provider bad.external_host:")
+    assert problems[1] == (
+        "authentik provider late.external_host: one.example.com port 443 is already served by one"
+    )
+    assert problems[2] == "authentik provider yaml-app.name: 'yaml-app' is already an application"
+
+
+def test_an_unchanged_provider_keeps_its_application_object() -> None:
+    composer = Composer((), {})
+    first, _ = composer([provider("one"), provider("two")])
+    second, _ = composer([provider("one"), {**provider("two"), "skip_path_regex": ["^/x"]}])
+    assert second[0] is first[0]
+    assert second[1] is not first[1] and second[1].skip_path_regex == ("^/x",)

@@ -29,6 +29,8 @@ def _models(annotation: Any) -> Iterator[type[BaseModel]]:
 
 def key_paths(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
     for name, field in model.model_fields.items():
+        if field.exclude:
+            continue  # derived by the loader, not a key of the file
         path = prefix + name
         yield path
         for inner in _models(field.annotation):

@@ -104,6 +104,13 @@ def test_split_host(authority: str, scheme: str, expected: tuple[str, int | None
             OutpostRoute.CALLBACK,
             id="callback",
         ),
+        pytest.param(
+            # authentik's strict redirect URI, as the IdP sends the browser back to it.
+            "/outpost.goauthentik.io/callback",
+            "X-authentik-auth-callback=true&code=c&state=s&iss=https%3A%2F%2Fidp",
+            OutpostRoute.CALLBACK,
+            id="callback-authentik-redirect-uri",
+        ),
         pytest.param("/outpost.goauthentik.io/sign_out", "", OutpostRoute.SIGN_OUT, id="sign-out"),
         pytest.param(
             "/outpost.goauthentik.io/callback/", "", OutpostRoute.CALLBACK, id="trailing-slash"

@@ -60,6 +60,7 @@ class FakeOIDC:
     )
     userinfo_claims: dict[str, Any] = field(default_factory=dict)
     nonces: list[str | None] = field(default_factory=list)
+    redirect_uris: list[str] = field(default_factory=list)
 
     async def discovery(self) -> Discovery:
         if self.down:
@@ -67,6 +68,7 @@ class FakeOIDC:
         return DISCOVERY
 
     async def exchange_code(self, code: str, verifier: str, redirect_uri: str) -> TokenSet:
+        self.redirect_uris.append(redirect_uri)
         if self.down:
             raise IdPUnavailable("down")
         if self.exchange_error:
@@ -273,6 +275,39 @@ def test_sign_in_round_trip_and_replay() -> None:
             request("/outpost.goauthentik.io/callback", f"code=c&state={state}", cookie=cookie)
         )
         assert isinstance(replay, Deny) and replay.status == 400
+
+    run(scenario())
+
+
+def test_sign_in_uses_authentiks_strict_redirect_uri_and_keeps_the_sid() -> None:
+    # authentik matches the redirect URI strictly, query included, at the authorize
+    # request and at the code exchange; the IdP sends the browser back to it with the
+    # query kept and code/state appended.
+    oidc = FakeOIDC(claims={"sub": "alice", "preferred_username": "alice", "sid": "ak-sid-1"})
+    svc, _ = service(oidc=oidc)
+    strict = (
+        "https://app.example.com/outpost.goauthentik.io/callback?X-authentik-auth-callback=true"
+    )
+    assert APP.redirect_uri == strict
+
+    async def scenario() -> None:
+        start, state, cookie = await _start(svc)
+        sent = parse_qs(urlsplit(header(start, "location")[0]).query)
+        assert sent["redirect_uri"] == [strict]
+        done = await svc.check(
+            request(
+                "/outpost.goauthentik.io/callback",
+                f"X-authentik-auth-callback=true&code=c&state={state}",
+                cookie=cookie,
+            )
+        )
+        assert isinstance(done, Deny) and done.status == 302, done
+        assert header(done, "location") == ["https://app.example.com/wanted"]
+        assert oidc.redirect_uris == [strict]
+        session = next(c for c in header(done, "set-cookie") if c.startswith(APP.cookie_name + "="))
+        allowed = await svc.check(request("/next", cookie=session.split(";", 1)[0]))
+        assert isinstance(allowed, Allow) and allowed.identity is not None
+        assert allowed.identity.sid == "ak-sid-1"
 
     run(scenario())
 

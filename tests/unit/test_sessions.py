@@ -207,6 +207,84 @@ def test_end_all_for_ends_every_session_of_the_sub_in_the_app_only() -> None:
     run(body())
 
 
+def test_end_all_for_sid_ends_the_idp_sessions_sessions_in_every_app() -> None:
+    async def body() -> None:
+        clock, memory, _, repo = make()
+        alice = Identity(sub="alice", sid="ak-1")
+        here = await repo.create(APP, alice, clock.now + 600)
+        there = await repo.create("other", alice, clock.now + 300)
+        later = await repo.create(APP, Identity(sub="alice", sid="ak-2"), clock.now + 600)
+        no_sid = await repo.create(APP, BOB, clock.now + 600)
+        sid_prefix = f"t:{Namespace.SID_INDEX}:"
+        sid_keys = {k: v for k, v in memory.raw_entries().items() if k.startswith(sid_prefix)}
+        # One set per sid, none for a session without one; each lives as its longest session.
+        assert sorted(len(members) for members, _ in sid_keys.values()) == [1, 2]
+        assert sorted(ttl for _, ttl in sid_keys.values()) == [pytest.approx(600)] * 2
+        assert await repo.end_all_for_sid("ak-1") == 2
+        assert await repo.get(APP, here) is None and await repo.get("other", there) is None
+        assert await repo.get(APP, later) is not None and await repo.get(APP, no_sid) is not None
+        assert await repo.end_all_for_sid("ak-1") == 0
+        assert await repo.end_all_for_sid("") == 0
+        assert await repo.end_all_for_sid("ak-2") == 1
+
+    run(body())
+
+
+def test_a_session_whose_sid_index_is_gone_still_ends_by_sub() -> None:
+    async def body() -> None:
+        clock, _, _, repo = make()
+        cookie = await repo.create(APP, Identity(sub="alice", sid="ak-1"), clock.now + 600)
+        assert await repo.end_all_for(APP, "alice") == 1
+        assert await repo.get(APP, cookie) is None
+        assert await repo.end_all_for_sid("ak-1") == 0  # the stale index entry is harmless
+
+    run(body())
+
+
+def test_sid_is_kept_and_stored_sessions_without_one_still_load() -> None:
+    async def body() -> None:
+        clock, _, _, repo = make()
+        identity = Identity(sub="alice", email="a@example.test", sid="ak-1")
+        assert Identity.from_dict(identity.to_dict()) == identity
+        legacy = {k: v for k, v in identity.to_dict().items() if k != "sid"}
+        assert Identity.from_dict(legacy) == Identity(sub="alice", email="a@example.test")
+        assert "ak-1" not in repr(identity)
+        cookie = await repo.create(APP, identity, clock.now + 600)
+        repo.forget_local()
+        record = await repo.get(APP, cookie)
+        assert record is not None and record.identity.sid == "ak-1"
+
+    run(body())
+
+
+def test_sid_end_on_one_replica_drops_the_sessions_from_the_others_local_cache() -> None:
+    async def body() -> None:
+        clock = Clock()
+        shared = MemoryStore("t:", clock=clock)
+        store_b = FlakyStore(shared.sibling())
+        a = SessionRepository(
+            shared.sibling(), secret=SECRET, local_ttl=300, clock_wall=clock, clock_mono=clock
+        )
+        b = SessionRepository(
+            store_b,  # type: ignore[arg-type]
+            secret=SECRET,
+            local_ttl=300,
+            clock_wall=clock,
+            clock_mono=clock,
+        )
+        await a.start_invalidation_listener()
+        await b.start_invalidation_listener()
+        cookie = await a.create(APP, Identity(sub="alice", sid="ak-1"), clock.now + 600)
+        assert await b.get(APP, cookie) is not None  # cached on b
+        assert await a.end_all_for_sid("ak-1") == 1
+        store_b.down = True
+        # Not answered from b's local cache any more: b has to ask the (down) store.
+        with pytest.raises(StoreUnavailable):
+            await b.get(APP, cookie)
+
+    run(body())
+
+
 def test_end_one_session() -> None:
     async def body() -> None:
         clock, _, _, repo = make()

@@ -294,3 +294,44 @@ def test_reload_swaps_a_table_built_from_the_new_settings(caplog: pytest.LogCapt
             await components.close()
 
     asyncio.run(scenario())
+
+
+def test_the_builder_reuses_the_runtime_of_an_unchanged_application() -> None:
+    """A refresh that hands back the same Application objects rebuilds nothing of them;
+    a changed directory rebuilds every runtime (their verifiers hold it)."""
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient() as http:
+            pool = HashPool()
+            try:
+                builder = TableBuilder(
+                    http, Metrics(CollectorRegistry()), secret=SECRET, hash_pool=pool
+                )
+                one, two = apps(app_config("a"), app_config("b", "https://b.x"))
+                directory = parse_settings(
+                    {"secret": CONF_SECRET, "directory": {}, "applications": [_plain()]},
+                    environ={},
+                ).directory
+                first = builder.build([one, two], directory)
+                (changed,) = apps(app_config("b", "https://b.x", skip_path_regex=["^/x"]))
+                second = builder.build([one, changed], directory)
+                assert second.runtimes["a"] is first.runtimes["a"]
+                assert second.runtimes["b"] is not first.runtimes["b"]
+                assert second.runtimes["b"].oidc is first.runtimes["b"].oidc  # same oidc
+                other = parse_settings(
+                    {
+                        "secret": CONF_SECRET,
+                        "directory": {"users": [{"username": "zed"}]},
+                        "applications": [_plain()],
+                    },
+                    environ={},
+                ).directory
+                third = builder.build([one, changed], other)
+                assert third.runtimes["a"] is not second.runtimes["a"]
+                # The identity check is the new directory's (a bound method of it).
+                assert third.current.__self__ is not second.current.__self__  # type: ignore[attr-defined]
+                assert second.current.__self__ is first.current.__self__  # type: ignore[attr-defined]
+            finally:
+                pool.close()
+
+    asyncio.run(scenario())
