@@ -7,6 +7,7 @@ file outside the repository.
 - No file outside ext_authz/ and tests/ mentions the workspace's `../shared/` (the
   SPEC.md and notes a user who clones the repository cannot read), and the user-facing
   documents and shipped configs cite `docs/reference.md` sections, never "SPEC §N".
+- The example config of reference §3 is a valid config whose values are the defaults.
 """
 
 from __future__ import annotations
@@ -14,8 +15,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from argon2 import PasswordHasher
+
+from ext_authz.config import parse_settings
+from ext_authz.crypto import hash_token
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,3 +162,56 @@ def test_user_documents_cite_the_reference_not_the_spec() -> None:
                 if "SPEC §" in line or "SPEC.md" in line:
                     offenders.append(f"{path.relative_to(ROOT).as_posix()}:{number}")
     assert not offenders, "cite docs/reference.md §N instead: " + ", ".join(offenders)
+
+
+def _reference_config() -> dict[str, Any]:
+    """The YAML block of reference §3, its placeholder hashes replaced by real ones."""
+    text = (ROOT / "docs" / "reference.md").read_text()
+    section = text.split("## 3. Configuration", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```yaml\n(.*?)```", section, flags=re.DOTALL)
+    assert block is not None, "reference §3 lost its example config"
+    data: dict[str, Any] = yaml.safe_load(block.group(1))
+    fast = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    user = data["directory"]["users"][0]
+    assert user["app_passwords"] == ["$argon2id$v=19$..."], "the placeholders moved"
+    user["app_passwords"] = [fast.hash("app-password")]
+    user["tokens"] = [hash_token(_SECRET.encode(), "static-token", fast)]
+    return data
+
+
+_SECRET = "reference-secret-0123456789abcdef-0123"
+
+
+def test_the_reference_example_config_is_valid_and_shows_the_defaults() -> None:
+    """Reference §3 says its example's values are the defaults: a config that keeps only
+    the required keys must come out the same, key for key."""
+    environ = {"EXT_AUTHZ_SECRET": _SECRET, "WHOAMI_CLIENT_SECRET": "client-secret"}
+    shown = parse_settings(_reference_config(), environ)
+    app = shown.applications[0]
+    minimal = parse_settings(
+        {
+            "secret": _SECRET,
+            "applications": [
+                {
+                    "name": app.name,
+                    "external_host": app.external_host,
+                    "oidc": {
+                        "issuer": app.oidc.issuer if app.oidc else "",
+                        "client_id": app.oidc.client_id if app.oidc else "",
+                        "client_secret": "client-secret",
+                    },
+                }
+            ],
+        },
+        {},
+    )
+    assert shown.server == minimal.server
+    assert shown.store == minimal.store
+    default = minimal.applications[0]
+    for key in ("mode", "unauthenticated", "session_lifetime", "intercept_header_auth"):
+        assert getattr(app, key) == getattr(default, key), key
+    assert app.receive == default.receive
+    assert app.send == default.send
+    assert app.oidc is not None and default.oidc is not None
+    for key in ("client_auth", "scopes", "attributes_claim", "timeout"):
+        assert getattr(app.oidc, key) == getattr(default.oidc, key), key
